@@ -1,0 +1,415 @@
+//! The user/kernel ABI of SGX, as `arch/x86/include/uapi/asm/sgx.h`, `asm/ioctl.h`
+//! and the SDM define it: ioctl request numbers, ENCLS return codes, the kernel's
+//! encoding of a fault inside ENCLS, and the errno values the driver answers with.
+//!
+//! Every request number is computed from the `_IOC` formula rather than written as a
+//! literal, so a typo in a size or a direction cannot hide; the tests pin the results.
+
+use std::fmt;
+
+/// `SGX_MAGIC`, the ioctl type byte of every SGX request.
+pub const SGX_MAGIC: u8 = 0xA4;
+
+/// Size of an EPC page (and of the x86 base page), in bytes.
+pub const PAGE_SIZE: u64 = 4096;
+
+const IOC_NRSHIFT: u32 = 0;
+const IOC_TYPESHIFT: u32 = 8;
+const IOC_SIZESHIFT: u32 = 16;
+const IOC_DIRSHIFT: u32 = 30;
+const IOC_SIZEMASK: usize = (1 << 14) - 1;
+
+/// `_IOC_NONE`: no data transferred.
+pub const IOC_NONE: u32 = 0;
+/// `_IOC_WRITE`: user space writes, the kernel reads.
+pub const IOC_WRITE: u32 = 1;
+/// `_IOC_READ`: the kernel writes, user space reads.
+pub const IOC_READ: u32 = 2;
+
+/// `_IOC(dir, type, nr, size)` from `include/uapi/asm-generic/ioctl.h`.
+pub const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
+    assert!(size <= IOC_SIZEMASK, "ioctl argument too large for _IOC");
+    (dir << IOC_DIRSHIFT)
+        | ((ty as u32) << IOC_TYPESHIFT)
+        | ((nr as u32) << IOC_NRSHIFT)
+        | ((size as u32) << IOC_SIZESHIFT)
+}
+
+/// `_IO(type, nr)`.
+pub const fn io(ty: u8, nr: u8) -> u32 {
+    ioc(IOC_NONE, ty, nr, 0)
+}
+
+/// `_IOW(type, nr, T)`.
+pub const fn iow(ty: u8, nr: u8, size: usize) -> u32 {
+    ioc(IOC_WRITE, ty, nr, size)
+}
+
+/// `_IOWR(type, nr, T)`.
+pub const fn iowr(ty: u8, nr: u8, size: usize) -> u32 {
+    ioc(IOC_READ | IOC_WRITE, ty, nr, size)
+}
+
+/// Sizes of the uapi argument structs (all fields are `__u64`).
+mod uapi_size {
+    /// `struct sgx_enclave_create { __u64 src; }`
+    pub const ENCLAVE_CREATE: usize = 8;
+    /// `struct sgx_enclave_add_pages { src, offset, length, secinfo, flags, count }`
+    pub const ENCLAVE_ADD_PAGES: usize = 6 * 8;
+    /// `struct sgx_enclave_init { __u64 sigstruct; }`
+    pub const ENCLAVE_INIT: usize = 8;
+    /// `struct sgx_enclave_provision { __u64 fd; }`
+    pub const ENCLAVE_PROVISION: usize = 8;
+    /// `struct sgx_enclave_restrict_permissions { offset, length, permissions, result, count }`
+    pub const ENCLAVE_RESTRICT_PERMISSIONS: usize = 5 * 8;
+    /// `struct sgx_enclave_modify_types { offset, length, page_type, result, count }`
+    pub const ENCLAVE_MODIFY_TYPES: usize = 5 * 8;
+    /// `struct sgx_enclave_remove_pages { offset, length, count }`
+    pub const ENCLAVE_REMOVE_PAGES: usize = 3 * 8;
+}
+
+/// `SGX_IOC_ENCLAVE_CREATE` (`/dev/sgx_enclave`).
+pub const SGX_IOC_ENCLAVE_CREATE: u32 = iow(SGX_MAGIC, 0x00, uapi_size::ENCLAVE_CREATE);
+/// `SGX_IOC_ENCLAVE_ADD_PAGES` (`/dev/sgx_enclave`).
+pub const SGX_IOC_ENCLAVE_ADD_PAGES: u32 = iowr(SGX_MAGIC, 0x01, uapi_size::ENCLAVE_ADD_PAGES);
+/// `SGX_IOC_ENCLAVE_INIT` (`/dev/sgx_enclave`).
+pub const SGX_IOC_ENCLAVE_INIT: u32 = iow(SGX_MAGIC, 0x02, uapi_size::ENCLAVE_INIT);
+/// `SGX_IOC_ENCLAVE_PROVISION` (`/dev/sgx_enclave`).
+pub const SGX_IOC_ENCLAVE_PROVISION: u32 = iow(SGX_MAGIC, 0x03, uapi_size::ENCLAVE_PROVISION);
+/// `SGX_IOC_VEPC_REMOVE_ALL` (`/dev/sgx_vepc`, Linux 5.16): EREMOVE every page of the
+/// instance. `_IO`, so it takes no argument, and the driver insists the argument is 0.
+pub const SGX_IOC_VEPC_REMOVE_ALL: u32 = io(SGX_MAGIC, 0x04);
+/// `SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS` (`/dev/sgx_enclave`, SGX2).
+pub const SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS: u32 =
+    iowr(SGX_MAGIC, 0x05, uapi_size::ENCLAVE_RESTRICT_PERMISSIONS);
+/// `SGX_IOC_ENCLAVE_MODIFY_TYPES` (`/dev/sgx_enclave`, SGX2).
+pub const SGX_IOC_ENCLAVE_MODIFY_TYPES: u32 =
+    iowr(SGX_MAGIC, 0x06, uapi_size::ENCLAVE_MODIFY_TYPES);
+/// `SGX_IOC_ENCLAVE_REMOVE_PAGES` (`/dev/sgx_enclave`, SGX2).
+pub const SGX_IOC_ENCLAVE_REMOVE_PAGES: u32 =
+    iowr(SGX_MAGIC, 0x07, uapi_size::ENCLAVE_REMOVE_PAGES);
+
+/// `SGX_ENCLS_FAULT_FLAG` (`arch/x86/kernel/cpu/sgx/encls.h`): set in an ENCLS return
+/// value when the instruction faulted; the low bits are then the trap number.
+pub const SGX_ENCLS_FAULT_FLAG: i32 = 0x4000_0000;
+
+/// An ENCLS return code, `enum sgx_return_code` (SDM Vol. 3D, "Error codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+#[allow(missing_docs)]
+pub enum SgxCode {
+    InvalidSigStruct = 1,
+    InvalidAttribute = 2,
+    Blkstate = 3,
+    InvalidMeasurement = 4,
+    NotBlockable = 5,
+    PgInvld = 6,
+    EpcPageConflict = 7,
+    InvalidSignature = 8,
+    MacCompareFail = 9,
+    PageNotBlocked = 10,
+    NotTracked = 11,
+    VaSlotOccupied = 12,
+    /// A SECS still has child pages: EREMOVE of it must wait for them.
+    ChildPresent = 13,
+    /// A logical processor is executing inside the page's enclave.
+    EnclaveAct = 14,
+    EntryepochLocked = 15,
+    InvalidEinittoken = 16,
+    PrevTrkIncmpl = 17,
+    PgIsSecs = 18,
+    PageAttributesMismatch = 19,
+    PageNotModifiable = 20,
+    PageNotDebuggable = 21,
+    InvalidCpusvn = 32,
+    InvalidIsvsvn = 64,
+    UnmaskedEvent = 128,
+    InvalidKeyname = 256,
+}
+
+impl SgxCode {
+    /// The SDM's name, as the kernel spells it (`SGX_CHILD_PRESENT`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::InvalidSigStruct => "SGX_INVALID_SIG_STRUCT",
+            Self::InvalidAttribute => "SGX_INVALID_ATTRIBUTE",
+            Self::Blkstate => "SGX_BLKSTATE",
+            Self::InvalidMeasurement => "SGX_INVALID_MEASUREMENT",
+            Self::NotBlockable => "SGX_NOTBLOCKABLE",
+            Self::PgInvld => "SGX_PG_INVLD",
+            Self::EpcPageConflict => "SGX_EPC_PAGE_CONFLICT",
+            Self::InvalidSignature => "SGX_INVALID_SIGNATURE",
+            Self::MacCompareFail => "SGX_MAC_COMPARE_FAIL",
+            Self::PageNotBlocked => "SGX_PAGE_NOT_BLOCKED",
+            Self::NotTracked => "SGX_NOT_TRACKED",
+            Self::VaSlotOccupied => "SGX_VA_SLOT_OCCUPIED",
+            Self::ChildPresent => "SGX_CHILD_PRESENT",
+            Self::EnclaveAct => "SGX_ENCLAVE_ACT",
+            Self::EntryepochLocked => "SGX_ENTRYEPOCH_LOCKED",
+            Self::InvalidEinittoken => "SGX_INVALID_EINITTOKEN",
+            Self::PrevTrkIncmpl => "SGX_PREV_TRK_INCMPL",
+            Self::PgIsSecs => "SGX_PG_IS_SECS",
+            Self::PageAttributesMismatch => "SGX_PAGE_ATTRIBUTES_MISMATCH",
+            Self::PageNotModifiable => "SGX_PAGE_NOT_MODIFIABLE",
+            Self::PageNotDebuggable => "SGX_PAGE_NOT_DEBUGGABLE",
+            Self::InvalidCpusvn => "SGX_INVALID_CPUSVN",
+            Self::InvalidIsvsvn => "SGX_INVALID_ISVSVN",
+            Self::UnmaskedEvent => "SGX_UNMASKED_EVENT",
+            Self::InvalidKeyname => "SGX_INVALID_KEYNAME",
+        }
+    }
+}
+
+/// An exception raised by an ENCLS/ENCLU leaf.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(i32)]
+pub enum Trap {
+    /// `#UD` (6): e.g. EEXIT outside enclave mode.
+    Ud = 6,
+    /// `#GP(0)` (13): misaligned operand, or a concurrency conflict.
+    Gp = 13,
+    /// `#PF` (14): the operand is not an EPC page, or not one of the right kind.
+    Pf = 14,
+}
+
+impl Trap {
+    /// The mnemonic, `#GP`, `#PF`, `#UD`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Ud => "#UD",
+            Self::Gp => "#GP",
+            Self::Pf => "#PF",
+        }
+    }
+}
+
+/// Why an ENCLS leaf did not succeed: an SDM error code in RAX, or a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum EnclsError {
+    /// The leaf ran and returned this code (ZF set).
+    #[error("{}", .0.name())]
+    Code(SgxCode),
+    /// The leaf faulted.
+    #[error("{}", .0.name())]
+    Fault(Trap),
+}
+
+impl EnclsError {
+    /// `#GP(0)`.
+    pub const GP: Self = Self::Fault(Trap::Gp);
+    /// `#PF`.
+    pub const PF: Self = Self::Fault(Trap::Pf);
+    /// `#UD`.
+    pub const UD: Self = Self::Fault(Trap::Ud);
+    /// `SGX_CHILD_PRESENT`.
+    pub const CHILD_PRESENT: Self = Self::Code(SgxCode::ChildPresent);
+    /// `SGX_ENCLAVE_ACT`.
+    pub const ENCLAVE_ACT: Self = Self::Code(SgxCode::EnclaveAct);
+
+    /// The value the kernel's `__encls_ret_*` wrappers hand back: the SDM code, or
+    /// `trapnr | SGX_ENCLS_FAULT_FLAG` for a fault. 13 is both `SGX_CHILD_PRESENT`
+    /// and the #GP trap number: only bit 30 tells them apart.
+    pub const fn kernel_ret(self) -> i32 {
+        match self {
+            Self::Code(c) => c as i32,
+            Self::Fault(t) => t as i32 | SGX_ENCLS_FAULT_FLAG,
+        }
+    }
+
+    /// `encls_faulted(ret)`.
+    pub const fn faulted(self) -> bool {
+        matches!(self, Self::Fault(_))
+    }
+
+    /// The name printed in scenario results.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Code(c) => c.name(),
+            Self::Fault(t) => t.name(),
+        }
+    }
+}
+
+/// The errno values the driver and the system calls around it answer with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[repr(i32)]
+#[allow(missing_docs)]
+pub enum Errno {
+    #[error("EPERM")]
+    Eperm = 1,
+    #[error("ENOENT")]
+    Enoent = 2,
+    #[error("EIO")]
+    Eio = 5,
+    #[error("EBADF")]
+    Ebadf = 9,
+    #[error("EAGAIN")]
+    Eagain = 11,
+    #[error("ENOMEM")]
+    Enomem = 12,
+    #[error("EACCES")]
+    Eacces = 13,
+    #[error("EFAULT")]
+    Efault = 14,
+    #[error("EBUSY")]
+    Ebusy = 16,
+    #[error("ENODEV")]
+    Enodev = 19,
+    #[error("EINVAL")]
+    Einval = 22,
+    #[error("ENOTTY")]
+    Enotty = 25,
+    #[error("EOVERFLOW")]
+    Eoverflow = 75,
+}
+
+impl Errno {
+    /// The raw errno number (x86-64 Linux).
+    pub const fn raw(self) -> i32 {
+        self as i32
+    }
+
+    /// The errno for a raw number, if it is one this crate names.
+    pub const fn from_raw(raw: i32) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Eperm,
+            2 => Self::Enoent,
+            5 => Self::Eio,
+            9 => Self::Ebadf,
+            11 => Self::Eagain,
+            12 => Self::Enomem,
+            13 => Self::Eacces,
+            14 => Self::Efault,
+            16 => Self::Ebusy,
+            19 => Self::Enodev,
+            22 => Self::Einval,
+            25 => Self::Enotty,
+            75 => Self::Eoverflow,
+            _ => return None,
+        })
+    }
+}
+
+/// A signal delivered to a thread that touched guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Signal {
+    /// The page could not be backed by EPC (`VM_FAULT_SIGBUS`).
+    #[error("SIGBUS")]
+    Sigbus,
+    /// The address is outside any mapping.
+    #[error("SIGSEGV")]
+    Sigsegv,
+}
+
+/// A Linux kernel version, for the behaviours that changed over time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KernelVersion {
+    /// Major number.
+    pub major: u16,
+    /// Minor number.
+    pub minor: u16,
+}
+
+impl KernelVersion {
+    /// Creates `major.minor`.
+    pub const fn new(major: u16, minor: u16) -> Self {
+        Self { major, minor }
+    }
+
+    /// 5.13: `/dev/sgx_vepc` appears (virtual EPC for KVM guests).
+    pub const VEPC: Self = Self::new(5, 13);
+    /// 5.16: `SGX_IOC_VEPC_REMOVE_ALL`.
+    pub const REMOVE_ALL: Self = Self::new(5, 16);
+    /// What the model behaves like unless told otherwise.
+    pub const DEFAULT: Self = Self::new(6, 18);
+
+    /// Whether `/dev/sgx_vepc` exists on this kernel.
+    pub fn has_vepc(self) -> bool {
+        self >= Self::VEPC
+    }
+
+    /// Whether this kernel answers `SGX_IOC_VEPC_REMOVE_ALL`.
+    pub fn has_remove_all(self) -> bool {
+        self >= Self::REMOVE_ALL
+    }
+
+    /// Parses `MAJOR.MINOR` or `MAJOR.MINOR.PATCH[-extra]` (as `uname -r` prints it).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split(['.', '-', '+']);
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(Self::new(major, minor))
+    }
+}
+
+impl fmt::Display for KernelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_match_the_kernel_headers() {
+        assert_eq!(SGX_IOC_VEPC_REMOVE_ALL, 0xA404);
+        assert_eq!(SGX_IOC_ENCLAVE_CREATE, 0x4008_A400);
+        assert_eq!(SGX_IOC_ENCLAVE_ADD_PAGES, 0xC030_A401);
+        assert_eq!(SGX_IOC_ENCLAVE_INIT, 0x4008_A402);
+        assert_eq!(SGX_IOC_ENCLAVE_PROVISION, 0x4008_A403);
+        assert_eq!(SGX_IOC_ENCLAVE_RESTRICT_PERMISSIONS, 0xC028_A405);
+        assert_eq!(SGX_IOC_ENCLAVE_MODIFY_TYPES, 0xC028_A406);
+        assert_eq!(SGX_IOC_ENCLAVE_REMOVE_PAGES, 0xC018_A407);
+    }
+
+    #[test]
+    fn return_codes_have_the_sdm_numbers() {
+        assert_eq!(SgxCode::ChildPresent as i32, 13);
+        assert_eq!(SgxCode::EnclaveAct as i32, 14);
+        assert_eq!(SgxCode::EpcPageConflict as i32, 7);
+        assert_eq!(SgxCode::NotTracked as i32, 11);
+        assert_eq!(SgxCode::InvalidEinittoken as i32, 16);
+        assert_eq!(SgxCode::UnmaskedEvent as i32, 128);
+    }
+
+    #[test]
+    fn faults_are_encoded_with_bit_30() {
+        assert_eq!(EnclsError::GP.kernel_ret(), 0x4000_000D);
+        assert_eq!(EnclsError::PF.kernel_ret(), 0x4000_000E);
+        // 13 means SGX_CHILD_PRESENT without the flag and #GP with it.
+        assert_eq!(EnclsError::CHILD_PRESENT.kernel_ret(), 13);
+        assert_ne!(
+            EnclsError::CHILD_PRESENT.kernel_ret(),
+            EnclsError::GP.kernel_ret()
+        );
+        assert!(EnclsError::GP.faulted() && !EnclsError::CHILD_PRESENT.faulted());
+    }
+
+    #[test]
+    fn errno_round_trips() {
+        for e in [
+            Errno::Einval,
+            Errno::Enotty,
+            Errno::Ebusy,
+            Errno::Ebadf,
+            Errno::Enomem,
+        ] {
+            assert_eq!(Errno::from_raw(e.raw()), Some(e));
+        }
+        assert_eq!(Errno::Enotty.raw(), 25);
+        assert_eq!(Errno::Ebusy.to_string(), "EBUSY");
+    }
+
+    #[test]
+    fn kernel_versions_gate_the_features() {
+        let v = |s| KernelVersion::parse(s).expect("valid version");
+        assert!(!v("5.15").has_remove_all());
+        assert!(v("5.16").has_remove_all());
+        assert!(v("6.18.3-arch1").has_remove_all());
+        assert!(!v("5.12").has_vepc());
+        assert_eq!(KernelVersion::parse("five"), None);
+        assert_eq!(KernelVersion::parse("5"), None);
+    }
+}

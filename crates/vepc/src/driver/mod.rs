@@ -1,0 +1,156 @@
+//! Linux's `/dev/sgx_vepc` driver (`arch/x86/kernel/cpu/sgx/virt.c`), on the model EPC.
+//!
+//! - [`Device`]: the device node with the EPC behind it, the global zombie list and
+//!   the kernel version it behaves like;
+//! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
+//!   mappings; the instance is released when the last of them is dropped;
+//! - [`Device::check`]: the consistency check any test can call.
+
+mod check;
+mod page_map;
+mod vepc;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+pub use check::Inconsistency;
+pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
+
+use crate::abi::{Errno, KernelVersion};
+use crate::model::epc::lock;
+use crate::model::{Epc, EpcPage};
+
+/// EPC usage, in pages. `free + used + zombie` is always the EPC's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Pages in the free pools.
+    pub free: u64,
+    /// Pages held by live instances.
+    pub used: u64,
+    /// Pages on the zombie list: SECS pages released while children lived elsewhere.
+    pub zombie: u64,
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "free={} used={} zombie={}",
+            self.free, self.used, self.zombie
+        )
+    }
+}
+
+/// The `/dev/sgx_vepc` device: the EPC, every live instance, and the zombie list.
+#[derive(Debug)]
+pub struct Device {
+    epc: Epc,
+    kernel: KernelVersion,
+    /// `zombie_secs_pages`, under `zombie_secs_pages_lock`.
+    zombies: Mutex<Vec<EpcPage>>,
+    live: Mutex<BTreeMap<u64, Weak<Vepc>>>,
+    next_id: AtomicU64,
+    warnings: Mutex<Vec<String>>,
+}
+
+impl Device {
+    /// A device over `epc` that behaves like Linux `kernel`.
+    pub fn new(epc: Epc, kernel: KernelVersion) -> Arc<Self> {
+        Arc::new(Self {
+            epc,
+            kernel,
+            zombies: Mutex::new(Vec::new()),
+            live: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The EPC behind the device.
+    pub fn epc(&self) -> &Epc {
+        &self.epc
+    }
+
+    /// The kernel version the device behaves like.
+    pub fn kernel(&self) -> KernelVersion {
+        self.kernel
+    }
+
+    /// `open("/dev/sgx_vepc", O_RDWR)`: a new, empty instance. No EPC is taken.
+    /// `ENOENT` on kernels before 5.13, which have no such device.
+    pub fn open(self: &Arc<Self>) -> Result<VepcFile, Errno> {
+        if !self.kernel.has_vepc() {
+            return Err(Errno::Enoent);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let vepc = Arc::new(Vepc::new(id, Arc::clone(self)));
+        lock(&self.live).insert(id, Arc::downgrade(&vepc));
+        Ok(VepcFile::new(vepc))
+    }
+
+    /// EPC usage now.
+    pub fn stats(&self) -> Stats {
+        let free = self.epc.free_pages();
+        let zombie = lock(&self.zombies).len() as u64;
+        Stats {
+            free,
+            used: u64::from(self.epc.pages()) - free - zombie,
+            zombie,
+        }
+    }
+
+    /// The zombie list, oldest first.
+    pub fn zombies(&self) -> Vec<EpcPage> {
+        lock(&self.zombies).clone()
+    }
+
+    /// Kernel warnings (`WARN_ON_ONCE`) the model has hit: each is a kernel bug, or a
+    /// situation the kernel considers one (a thread inside an enclave at release).
+    pub fn warnings(&self) -> Vec<String> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Instances not yet released.
+    pub fn live_instances(&self) -> Vec<Arc<Vepc>> {
+        lock(&self.live)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    /// Model memory, in bytes: EPC, EPCM, free bitmaps, zombie list and every live
+    /// instance's page map.
+    pub fn heap_bytes(&self) -> usize {
+        self.epc.heap_bytes()
+            + lock(&self.zombies).capacity() * size_of::<EpcPage>()
+            + self
+                .live_instances()
+                .iter()
+                .map(|v| v.heap_bytes())
+                .sum::<usize>()
+    }
+
+    fn warn(&self, msg: String) {
+        lock(&self.warnings).push(msg);
+    }
+
+    fn forget(&self, id: u64) {
+        lock(&self.live).remove(&id);
+    }
+
+    /// The end of release: under the zombie lock, try every zombie once more (a child
+    /// just removed may have been the last one pinning it), then put what still fails,
+    /// the new SECS pages first, onto the list.
+    fn retry_zombies(&self, mut secs_pages: Vec<EpcPage>) {
+        let mut zombies = lock(&self.zombies);
+        for page in zombies.drain(..) {
+            if self.epc.eremove(page).is_ok() {
+                self.epc.free_page(page);
+            } else {
+                secs_pages.push(page);
+            }
+        }
+        zombies.append(&mut secs_pages);
+    }
+}

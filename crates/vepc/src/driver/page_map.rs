@@ -1,0 +1,164 @@
+//! An instance's page index → EPC page map (the kernel's `vepc->page_array` xarray).
+//!
+//! Sparse by chunks of 512 entries, 4 bytes each: a densely populated instance costs
+//! 4 bytes per page, and a huge mapping with few pages touched costs one 2 KiB chunk per
+//! touched region, not memory in proportion to the mapping.
+//!
+//! Entries are only ever added while the instance is alive (faults never replace a page
+//! and nothing but release removes one), so readers need no lock on the entries: a
+//! walk may run beside faults, as `xa_for_each` in REMOVE_ALL does.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::model::EpcPage;
+
+const CHUNK_SHIFT: u32 = 9;
+const CHUNK: usize = 1 << CHUNK_SHIFT;
+
+/// 512 entries; 0 is "no page", else the EPC page number plus one.
+type Chunk = [AtomicU32; CHUNK];
+
+#[derive(Debug, Default)]
+pub(crate) struct PageMap {
+    chunks: RwLock<BTreeMap<u64, Arc<Chunk>>>,
+    present: AtomicU64,
+}
+
+fn split(index: u64) -> (u64, usize) {
+    (index >> CHUNK_SHIFT, (index as usize) & (CHUNK - 1))
+}
+
+fn decode(raw: u32) -> Option<EpcPage> {
+    raw.checked_sub(1).map(EpcPage)
+}
+
+impl PageMap {
+    fn chunk(&self, key: u64) -> Option<Arc<Chunk>> {
+        let map = self.chunks.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(&key).cloned()
+    }
+
+    /// The page at `index`, if there is one.
+    pub(crate) fn get(&self, index: u64) -> Option<EpcPage> {
+        let (key, slot) = split(index);
+        decode(self.chunk(key)?[slot].load(Ordering::Acquire))
+    }
+
+    /// Puts `page` at an empty `index`. Callers serialize inserts (the fault lock).
+    pub(crate) fn insert(&self, index: u64, page: EpcPage) {
+        let (key, slot) = split(index);
+        let chunk = match self.chunk(key) {
+            Some(c) => c,
+            None => {
+                let mut map = self.chunks.write().unwrap_or_else(PoisonError::into_inner);
+                Arc::clone(
+                    map.entry(key)
+                        .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU32::new(0)))),
+                )
+            }
+        };
+        debug_assert_eq!(
+            chunk[slot].load(Ordering::Relaxed),
+            0,
+            "index {index} taken"
+        );
+        chunk[slot].store(page.0 + 1, Ordering::Release);
+        self.present.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pages present.
+    pub(crate) fn len(&self) -> u64 {
+        self.present.load(Ordering::Relaxed)
+    }
+
+    /// Calls `f(index, page)` for each present page in ascending index order; stops
+    /// early when `f` says so. Takes the map's lock only to step from chunk to chunk.
+    pub(crate) fn walk<B>(
+        &self,
+        mut f: impl FnMut(u64, EpcPage) -> std::ops::ControlFlow<B>,
+    ) -> Option<B> {
+        let mut next = 0u64;
+        loop {
+            let (key, chunk) = {
+                let map = self.chunks.read().unwrap_or_else(PoisonError::into_inner);
+                let (k, c) = map.range(next..).next()?;
+                (*k, Arc::clone(c))
+            };
+            for (slot, raw) in chunk.iter().enumerate() {
+                if let Some(page) = decode(raw.load(Ordering::Acquire))
+                    && let std::ops::ControlFlow::Break(b) =
+                        f((key << CHUNK_SHIFT) | slot as u64, page)
+                {
+                    return Some(b);
+                }
+            }
+            next = key.checked_add(1)?;
+        }
+    }
+
+    /// Removes the entries for which `keep(index, page)` is false (release, which owns
+    /// the map outright).
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u64, EpcPage) -> bool) {
+        let map = self
+            .chunks
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut present = 0;
+        map.retain(|&key, chunk| {
+            let mut left = 0;
+            for (slot, raw) in chunk.iter().enumerate() {
+                if let Some(page) = decode(raw.load(Ordering::Relaxed)) {
+                    if keep((key << CHUNK_SHIFT) | slot as u64, page) {
+                        left += 1;
+                    } else {
+                        raw.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+            present += left;
+            left > 0
+        });
+        *self.present.get_mut() = present;
+    }
+
+    /// Model memory held, in bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        let map = self.chunks.read().unwrap_or_else(PoisonError::into_inner);
+        // Each chunk, its Arc header, and about one B-tree slot (key + pointer) each.
+        map.len() * (size_of::<Chunk>() + 16 + 16)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ops::ControlFlow;
+
+    #[test]
+    fn walks_in_index_order_across_chunks() {
+        let mut m = PageMap::default();
+        for (i, p) in [(5000u64, 1u32), (3, 2), (u64::MAX, 3), (511, 4), (512, 5)] {
+            m.insert(i, EpcPage(p));
+        }
+        let mut seen = vec![];
+        m.walk::<()>(|i, p| {
+            seen.push((i, p.0));
+            ControlFlow::Continue(())
+        });
+        assert_eq!(seen, [(3, 2), (511, 4), (512, 5), (5000, 1), (u64::MAX, 3)]);
+        assert_eq!(
+            (m.len(), m.get(512), m.get(513)),
+            (5, Some(EpcPage(5)), None)
+        );
+        m.retain(|i, _| i >= 512);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get(3), None);
+        assert_eq!(
+            m.heap_bytes(),
+            3 * (2048 + 32),
+            "emptied chunks are dropped"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! One vEPC instance (`struct sgx_vepc`) and the two things that hold it: the open
+//! file and its mappings. The instance is released when the last of them goes, as the
+//! kernel's `release` runs when the file's last reference is dropped.
+
+use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
+
+use super::Device;
+use super::page_map::PageMap;
+use crate::abi::{EnclsError, Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
+use crate::model::{EpcPage, Sweep};
+
+/// `FIOCLEX` and `FIONCLEX`: handled by the VFS before any driver sees them.
+const FIOCLEX: u32 = 0x5451;
+const FIONCLEX: u32 = 0x5450;
+
+/// One instance of `/dev/sgx_vepc`: which EPC page backs which page index.
+#[derive(Debug)]
+pub struct Vepc {
+    pub(super) id: u64,
+    pub(super) device: Arc<Device>,
+    pub(super) pages: PageMap,
+    /// `vepc->lock`: serializes faults. REMOVE_ALL does not take it.
+    fault_lock: Mutex<()>,
+}
+
+impl Vepc {
+    pub(super) fn new(id: u64, device: Arc<Device>) -> Self {
+        Self {
+            id,
+            device,
+            pages: PageMap::default(),
+            fault_lock: Mutex::new(()),
+        }
+    }
+
+    /// The instance's number, unique for its device.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The EPC page at `index`, if it has been faulted in.
+    pub fn page(&self, index: u64) -> Option<EpcPage> {
+        self.pages.get(index)
+    }
+
+    /// How many EPC pages the instance holds.
+    pub fn present_pages(&self) -> u64 {
+        self.pages.len()
+    }
+
+    /// Every `(index, page)` the instance holds, in index order.
+    pub fn pages(&self) -> Vec<(u64, EpcPage)> {
+        let mut v = Vec::with_capacity(self.pages.len() as usize);
+        self.pages.walk::<()>(|i, p| {
+            v.push((i, p));
+            ControlFlow::Continue(())
+        });
+        v
+    }
+
+    /// Model memory the instance holds, in bytes.
+    pub fn heap_bytes(&self) -> usize {
+        size_of::<Self>() + self.pages.heap_bytes()
+    }
+
+    /// `__sgx_vepc_fault`: back `index` with a free EPC page unless it has one. vEPC
+    /// never reclaims, so with no free page the access gets SIGBUS.
+    pub fn fault(&self, index: u64) -> Result<EpcPage, Signal> {
+        if let Some(p) = self.pages.get(index) {
+            return Ok(p);
+        }
+        let _guard = crate::model::epc::lock(&self.fault_lock);
+        if let Some(p) = self.pages.get(index) {
+            return Ok(p);
+        }
+        let p = self.device.epc().alloc_page().ok_or(Signal::Sigbus)?;
+        self.pages.insert(index, p);
+        Ok(p)
+    }
+
+    /// `sgx_vepc_remove_all`: EREMOVE every page in ascending index order. Counts the
+    /// SECS pages that still have children; any other failure ends the walk with
+    /// `EBUSY`, keeping what was done. Frees nothing and changes no mapping.
+    pub fn remove_all(&self) -> Result<u64, Errno> {
+        let mut sweep = Sweep::new(self.device.epc());
+        let mut failures = 0u64;
+        let stopped = self.pages.walk(|_, page| match sweep.eremove(page) {
+            Ok(()) => ControlFlow::Continue(()),
+            // The page is a SECS; user space will retry after the other instances.
+            Err(EnclsError::CHILD_PRESENT) => {
+                failures += 1;
+                ControlFlow::Continue(())
+            }
+            // #GP from a concurrent EREMOVE, or SGX_ENCLAVE_ACT: user space can cause
+            // both, so no warning. Only a #PF means a kernel or hardware bug.
+            Err(e) => {
+                if e.faulted() && e != EnclsError::GP {
+                    self.device
+                        .warn(format!("EREMOVE of EPC page {} faulted: {e}", page.0));
+                }
+                ControlFlow::Break(())
+            }
+        });
+        match stopped {
+            Some(()) => Err(Errno::Ebusy),
+            None => Ok(failures),
+        }
+    }
+
+    /// `sgx_vepc_ioctl` behind the VFS: the request and its unsigned long argument.
+    pub fn ioctl(&self, request: u32, arg: u64) -> Result<u64, Errno> {
+        match request {
+            // do_vfs_ioctl() answers these for every file, whatever the driver.
+            FIOCLEX | FIONCLEX => Ok(0),
+            // Before 5.16 the driver has no ioctl at all: the VFS says ENOTTY.
+            _ if !self.device.kernel().has_remove_all() => Err(Errno::Enotty),
+            SGX_IOC_VEPC_REMOVE_ALL if arg != 0 => Err(Errno::Einval),
+            SGX_IOC_VEPC_REMOVE_ALL => self.remove_all(),
+            _ => Err(Errno::Enotty),
+        }
+    }
+}
+
+impl Drop for Vepc {
+    /// `sgx_vepc_release`. It never fails; an EREMOVE failure other than
+    /// `SGX_CHILD_PRESENT` is a kernel warning, and the page is kept as a zombie.
+    fn drop(&mut self) {
+        let device = Arc::clone(&self.device);
+        device.forget(self.id);
+        let epc = device.epc();
+
+        // Pass 1: every page EREMOVE accepts goes back to the free pool. SECS pages
+        // fail here while their children are still to come in index order.
+        let mut sweep = Sweep::new(epc);
+        self.pages.retain(|_, page| {
+            let removed = sweep.eremove(page).is_ok();
+            if removed {
+                epc.free_page(page);
+            }
+            !removed
+        });
+        drop(sweep);
+
+        // Pass 2: try the rest again (SECS pages whose children were all in this
+        // instance go now); whatever still fails has children in another instance.
+        let mut secs_pages = Vec::new();
+        let mut sweep = Sweep::new(epc);
+        self.pages.retain(|_, page| {
+            match sweep.eremove(page) {
+                Ok(()) => epc.free_page(page),
+                Err(e) => {
+                    if e != EnclsError::CHILD_PRESENT {
+                        device.warn(format!("EREMOVE of EPC page {} in release: {e}", page.0));
+                    }
+                    secs_pages.push(page);
+                }
+            }
+            false
+        });
+        drop(sweep);
+
+        device.retry_zombies(secs_pages);
+    }
+}
+
+/// How a mapping is shared (`MAP_SHARED` or `MAP_PRIVATE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// `MAP_SHARED`: the only kind vEPC accepts.
+    Shared,
+    /// `MAP_PRIVATE`: refused with `EINVAL`.
+    Private,
+}
+
+/// An open `/dev/sgx_vepc` file. Dropping it is `close()`.
+#[derive(Debug, Clone)]
+pub struct VepcFile {
+    vepc: Arc<Vepc>,
+}
+
+impl VepcFile {
+    pub(super) fn new(vepc: Arc<Vepc>) -> Self {
+        Self { vepc }
+    }
+
+    /// The instance behind the file.
+    pub fn vepc(&self) -> &Arc<Vepc> {
+        &self.vepc
+    }
+
+    /// `mmap(NULL, len, …, flags, fd, pgoff * 4096)`. The syscall's own checks come
+    /// first (`len` 0 → `EINVAL`, a length that overflows when page-aligned →
+    /// `ENOMEM`, an offset range that wraps → `EOVERFLOW`); then `sgx_vepc_mmap`
+    /// refuses anything but `MAP_SHARED` with `EINVAL`. Size and protection are not
+    /// checked.
+    pub fn mmap(&self, len: u64, sharing: Sharing, pgoff: u64) -> Result<Mapping, Errno> {
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        let pages = len.checked_add(PAGE_SIZE - 1).ok_or(Errno::Enomem)? / PAGE_SIZE;
+        if pgoff.checked_add(pages).is_none() {
+            return Err(Errno::Eoverflow);
+        }
+        if sharing != Sharing::Shared {
+            return Err(Errno::Einval);
+        }
+        Ok(Mapping {
+            vepc: Arc::clone(&self.vepc),
+            pgoff,
+            pages,
+        })
+    }
+
+    /// `ioctl(fd, request, arg)`.
+    pub fn ioctl(&self, request: u32, arg: u64) -> Result<u64, Errno> {
+        self.vepc.ioctl(request, arg)
+    }
+
+    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: the count of SECS pages left.
+    pub fn remove_all(&self) -> Result<u64, Errno> {
+        self.ioctl(SGX_IOC_VEPC_REMOVE_ALL, 0)
+    }
+}
+
+/// A `MAP_SHARED` mapping of an instance. Dropping it is `munmap()`.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    vepc: Arc<Vepc>,
+    pgoff: u64,
+    pages: u64,
+}
+
+impl Mapping {
+    /// The mapped instance.
+    pub fn vepc(&self) -> &Arc<Vepc> {
+        &self.vepc
+    }
+
+    /// Length in pages.
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// A touch of the mapping's `page`-th page: `SIGSEGV` outside the mapping,
+    /// otherwise the fault of index `pgoff + page`.
+    pub fn touch(&self, page: u64) -> Result<EpcPage, Signal> {
+        if page >= self.pages {
+            return Err(Signal::Sigsegv);
+        }
+        self.vepc.fault(self.pgoff + page)
+    }
+
+    /// The EPC page behind the mapping's `page`-th page, without faulting it in.
+    pub fn backing(&self, page: u64) -> Option<EpcPage> {
+        (page < self.pages)
+            .then(|| self.vepc.page(self.pgoff + page))
+            .flatten()
+    }
+}

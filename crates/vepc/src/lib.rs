@@ -1,0 +1,22 @@
+//! # vepc — SGX virtual EPC, modelled
+//!
+//! Linux gives a VMM SGX memory for its guests through `/dev/sgx_vepc`. When a guest
+//! reboots, every EPC page must be uninitialized again; the `SGX_IOC_VEPC_REMOVE_ALL`
+//! ioctl (Linux 5.16) does that with EREMOVE, in a two-round protocol because a SECS
+//! page cannot go while its children live.
+//!
+//! This crate is a faithful software model of both halves, usable without SGX:
+//! - [`model`]: the EPC and EPCM as the processor keeps them, and the ENCLS leaves a
+//!   guest runs (with the SDM's checks, `#GP` on concurrent conflicts included);
+//! - [`driver`]: Linux's `/dev/sgx_vepc` (`arch/x86/kernel/cpu/sgx/virt.c`) on top of
+//!   it: open, shared-only mmap, fault, `REMOVE_ALL`, release and the zombie list;
+//! - [`script`]: the scenario language of `vepc sim` (`SCRIPT.md`);
+//! - [`abi`]: request numbers, return codes and errno values, as the kernel has them.
+//!
+//! The reference the model is held to is `SEMANTICS.md` in the project's spec folder.
+
+pub mod abi;
+pub mod driver;
+pub mod model;
+pub mod reset;
+pub mod script;

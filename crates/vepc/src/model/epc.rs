@@ -1,0 +1,336 @@
+//! The EPC: sections of 4 KiB pages, the EPCM over all of them, and each section's
+//! pool of free pages.
+//!
+//! # How leaves stay atomic without one big lock
+//!
+//! Each leaf is linearizable because every EPCM word obeys two rules:
+//! 1. A page is *locked* (its `IN_USE` bit set) only by a compare-and-swap from a
+//!    value that is an invalid page or a valid SECS or VA page, never a child page.
+//!    Whoever finds `IN_USE` already set has met another instruction: `#GP`.
+//! 2. A valid child page (TCS/REG/TRIM) is written only by the holder of its SECS's
+//!    lock. So locking the SECS freezes the enclave's children and thread count, and
+//!    two EREMOVEs of one enclave's pages conflict through their SECS, as the kernel's
+//!    `sgx.rst` describes.
+//!
+//! Locks are only ever *tried*: a leaf that cannot take one faults, so nothing waits
+//! for anything and there is no lock order to get wrong. (EEXIT is the exception: it
+//! is the thread's own way out and waits for the SECS, which is held only briefly.)
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::epcm::{Entry, EpcPage, PageType};
+use super::pool::FreePool;
+use crate::abi::{EnclsError, PAGE_SIZE};
+
+/// Physical address the model gives the first EPC section (as firmware would report in
+/// CPUID leaf 0x12); the sections follow each other from there.
+pub const EPC_PHYS_BASE: u64 = 0x0040_0000_0000;
+
+/// The largest EPC the model holds: page numbers must fit in 32 bits with one value
+/// spare (the driver's page map stores `page + 1`). That is 16 TiB.
+pub const MAX_EPC_PAGES: u64 = u32::MAX as u64 - 1;
+
+/// Why an EPC could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EpcError {
+    /// No sections were given.
+    #[error("an EPC needs at least one section")]
+    NoSections,
+    /// A section's size is zero or not a whole number of 4 KiB pages.
+    #[error("EPC section {index} is {bytes} bytes: give a non-zero multiple of 4K")]
+    SectionSize {
+        /// Which section (0-based).
+        index: usize,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// The sections add up to more pages than the model can number.
+    #[error("the EPC would have {pages} pages; the model holds at most {MAX_EPC_PAGES} (16 TiB)")]
+    TooLarge {
+        /// Pages asked for.
+        pages: u64,
+    },
+}
+
+/// One EPC section: a physically contiguous run of EPC pages.
+#[derive(Debug)]
+pub struct Section {
+    first: u32,
+    pages: u32,
+    pool: Mutex<FreePool>,
+}
+
+impl Section {
+    /// The section's first page.
+    pub fn first(&self) -> EpcPage {
+        EpcPage(self.first)
+    }
+
+    /// Its size in pages.
+    pub fn pages(&self) -> u32 {
+        self.pages
+    }
+
+    /// Its physical base address.
+    pub fn phys_base(&self) -> u64 {
+        EPC_PHYS_BASE + self.first as u64 * PAGE_SIZE
+    }
+
+    fn pool(&self) -> MutexGuard<'_, FreePool> {
+        lock(&self.pool)
+    }
+}
+
+/// Takes a mutex even if a panicking thread poisoned it: every structure the model
+/// guards stays consistent between statements, so the data is still good.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The Enclave Page Cache with its EPCM.
+#[derive(Debug)]
+pub struct Epc {
+    epcm: Box<[AtomicU64]>,
+    sections: Box<[Section]>,
+}
+
+impl Epc {
+    /// An EPC with one section per entry of `section_bytes`, every page free and
+    /// uninitialized.
+    pub fn new(section_bytes: &[u64]) -> Result<Self, EpcError> {
+        if section_bytes.is_empty() {
+            return Err(EpcError::NoSections);
+        }
+        let mut total: u64 = 0;
+        for (index, &bytes) in section_bytes.iter().enumerate() {
+            if bytes == 0 || bytes % PAGE_SIZE != 0 {
+                return Err(EpcError::SectionSize { index, bytes });
+            }
+            total = total.saturating_add(bytes / PAGE_SIZE);
+        }
+        if total > MAX_EPC_PAGES {
+            return Err(EpcError::TooLarge { pages: total });
+        }
+        let mut first = 0u32;
+        let sections = section_bytes
+            .iter()
+            .map(|&bytes| {
+                // Both fit: the total was checked against MAX_EPC_PAGES above.
+                let pages = (bytes / PAGE_SIZE) as u32;
+                let s = Section {
+                    first,
+                    pages,
+                    pool: Mutex::new(FreePool::new(first, pages)),
+                };
+                first += pages;
+                s
+            })
+            .collect();
+        let epcm = (0..total).map(|_| AtomicU64::new(0)).collect();
+        Ok(Self { epcm, sections })
+    }
+
+    /// The sections, in physical order.
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    /// Total pages in all sections.
+    pub fn pages(&self) -> u32 {
+        self.epcm.len() as u32
+    }
+
+    /// Takes a free page, from the first section that has one (vEPC never reclaims).
+    pub fn alloc_page(&self) -> Option<EpcPage> {
+        self.sections.iter().find_map(|s| s.pool().alloc())
+    }
+
+    /// Returns a page to its section's pool. The page must be uninitialized: the
+    /// kernel frees an EPC page only after EREMOVE succeeded on it.
+    pub fn free_page(&self, p: EpcPage) {
+        debug_assert!(!self.entry(p).valid(), "freeing a valid EPC page {p:?}");
+        if let Some(s) = self.section_of(p) {
+            s.pool().release(p);
+        }
+    }
+
+    /// Free pages in all sections.
+    pub fn free_pages(&self) -> u64 {
+        self.sections
+            .iter()
+            .map(|s| s.pool().free_count() as u64)
+            .sum()
+    }
+
+    /// Whether `p` is in a section's free pool.
+    pub fn is_free(&self, p: EpcPage) -> bool {
+        self.section_of(p).is_some_and(|s| s.pool().is_free(p))
+    }
+
+    fn section_of(&self, p: EpcPage) -> Option<&Section> {
+        self.sections
+            .iter()
+            .find(|s| p.0 >= s.first && p.0 - s.first < s.pages)
+    }
+
+    /// Physical address of a page.
+    pub fn page_addr(&self, p: EpcPage) -> u64 {
+        EPC_PHYS_BASE + p.0 as u64 * PAGE_SIZE
+    }
+
+    /// The page an ENCLS operand names: `#GP` if it is not 4 KiB aligned, `#PF` if it
+    /// is not an EPC page (the SDM's first two checks of every page operand).
+    pub fn page_at(&self, addr: u64) -> Result<EpcPage, EnclsError> {
+        if addr % PAGE_SIZE != 0 {
+            return Err(EnclsError::GP);
+        }
+        let idx = addr.wrapping_sub(EPC_PHYS_BASE) / PAGE_SIZE;
+        if addr < EPC_PHYS_BASE || idx >= self.epcm.len() as u64 {
+            return Err(EnclsError::PF);
+        }
+        Ok(EpcPage(idx as u32))
+    }
+
+    /// The EPCM entry of a page, as it is now.
+    pub fn entry(&self, p: EpcPage) -> Entry {
+        Entry(self.epcm[p.idx()].load(Ordering::Acquire))
+    }
+
+    /// Model memory held by the EPC, in bytes (EPCM and free bitmaps).
+    pub fn heap_bytes(&self) -> usize {
+        self.epcm.len() * size_of::<AtomicU64>()
+            + self
+                .sections
+                .iter()
+                .map(|s| size_of::<Section>() + s.pool().heap_bytes())
+                .sum::<usize>()
+    }
+
+    pub(crate) fn store(&self, p: EpcPage, e: Entry) {
+        self.epcm[p.idx()].store(e.0, Ordering::Release);
+    }
+
+    fn cas(&self, p: EpcPage, old: Entry, new: Entry) -> bool {
+        self.epcm[p.idx()]
+            .compare_exchange(old.0, new.0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Locks `p` from the exact value `seen` (rule 1 of the module comment).
+    pub(crate) fn lock_from(&self, p: EpcPage, seen: Entry) -> bool {
+        debug_assert!(!seen.is_child() && !seen.in_use());
+        self.cas(p, seen, seen.with_in_use())
+    }
+
+    /// Stores `e` into a page this leaf locked, unlocking it.
+    pub(crate) fn unlock(&self, p: EpcPage, e: Entry) {
+        debug_assert!(
+            self.entry(p).in_use(),
+            "unlocking a page that is not locked"
+        );
+        self.store(p, e.without_in_use());
+    }
+
+    /// Locks an uninitialized page as the target of ECREATE, EADD or EPA: `#GP` if
+    /// another leaf is on it, `#PF` if it is already valid.
+    pub(crate) fn claim_invalid(&self, p: EpcPage) -> Result<(), EnclsError> {
+        loop {
+            let e = self.entry(p);
+            if e.in_use() {
+                return Err(EnclsError::GP);
+            }
+            if e.valid() {
+                return Err(EnclsError::PF);
+            }
+            if self.lock_from(p, e) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Locks the SECS at `s`: `#GP` if another leaf holds it, `#PF` if it is not a
+    /// valid SECS. Returns its entry as it was.
+    pub(crate) fn lock_secs(&self, s: EpcPage) -> Result<Entry, EnclsError> {
+        loop {
+            let e = self.entry(s);
+            if e.in_use() {
+                return Err(EnclsError::GP);
+            }
+            if !e.is(PageType::Secs) {
+                return Err(EnclsError::PF);
+            }
+            if self.lock_from(s, e) {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// Like [`lock_secs`](Self::lock_secs), but waits out another leaf instead of
+    /// faulting. `None` if `s` is not a valid SECS.
+    pub(crate) fn lock_secs_wait(&self, s: EpcPage) -> Option<Entry> {
+        let mut spins = 0u32;
+        loop {
+            match self.lock_secs(s) {
+                Ok(e) => return Some(e),
+                Err(EnclsError::GP) => {
+                    spins += 1;
+                    if spins % 64 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_checked() {
+        assert_eq!(Epc::new(&[]).err(), Some(EpcError::NoSections));
+        assert_eq!(
+            Epc::new(&[4096, 0]).err(),
+            Some(EpcError::SectionSize { index: 1, bytes: 0 })
+        );
+        assert_eq!(
+            Epc::new(&[4097]).err(),
+            Some(EpcError::SectionSize {
+                index: 0,
+                bytes: 4097
+            })
+        );
+        assert!(matches!(
+            Epc::new(&[1 << 44, 1 << 44]),
+            Err(EpcError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn sections_are_numbered_contiguously_and_filled_in_order() {
+        let epc = Epc::new(&[2 * 4096, 3 * 4096]).expect("valid EPC");
+        assert_eq!(epc.pages(), 5);
+        assert_eq!(epc.sections()[1].first(), EpcPage(2));
+        let pages: Vec<_> = std::iter::from_fn(|| epc.alloc_page()).collect();
+        assert_eq!(pages, (0..5).map(EpcPage).collect::<Vec<_>>());
+        assert_eq!(epc.free_pages(), 0);
+        epc.free_page(EpcPage(3));
+        assert!(epc.is_free(EpcPage(3)) && !epc.is_free(EpcPage(2)));
+        assert_eq!(epc.free_pages(), 1);
+    }
+
+    #[test]
+    fn operands_are_checked_for_alignment_then_for_epc() {
+        let epc = Epc::new(&[4 * 4096]).expect("valid EPC");
+        assert_eq!(epc.page_at(EPC_PHYS_BASE + 4096), Ok(EpcPage(1)));
+        assert_eq!(epc.page_at(EPC_PHYS_BASE + 1), Err(EnclsError::GP));
+        assert_eq!(epc.page_at(EPC_PHYS_BASE + 4 * 4096), Err(EnclsError::PF));
+        assert_eq!(epc.page_at(0), Err(EnclsError::PF));
+        assert_eq!(epc.page_at(3), Err(EnclsError::GP));
+    }
+}

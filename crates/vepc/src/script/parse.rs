@@ -1,0 +1,514 @@
+//! Parsing and static validation of a scenario script (SCRIPT.md "Syntax").
+//!
+//! A script that fails here is not run at all (`vepc sim` exits 2), so every check
+//! that can be made without running it is made here: the shape of each command, the
+//! form of names, sizes and numbers, where `epc` and `kernel` may stand, and that each
+//! FD and enclave name was bound by an earlier `open` or `ecreate`.
+//!
+//! Comments: `#` starts a comment, with one exception the language needs: right after
+//! `expect`, a fault mnemonic such as `#GP` or `#PF` is the expected result.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use crate::abi::{KernelVersion, PAGE_SIZE};
+use crate::model::{AddType, Epc};
+
+/// A parsed, validated script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// EPC section sizes in bytes (`epc`, or the default 128M).
+    pub epc: Vec<u64>,
+    /// The kernel the device behaves like (`kernel`, or the default).
+    pub kernel: KernelVersion,
+    /// Every command, in order.
+    pub steps: Vec<Step>,
+}
+
+/// One command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// 1-based line number.
+    pub line: usize,
+    /// The command's words joined by single spaces, without its comment.
+    pub text: String,
+    /// What it does.
+    pub command: Command,
+}
+
+/// A scenario command (SCRIPT.md's table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Command {
+    Epc(Vec<u64>),
+    Kernel(KernelVersion),
+    Open(String),
+    Mmap {
+        fd: String,
+        size: u64,
+        private: bool,
+    },
+    Touch {
+        fd: String,
+        page: u64,
+    },
+    Ecreate {
+        fd: String,
+        page: u64,
+        encl: String,
+    },
+    Eadd {
+        fd: String,
+        page: u64,
+        encl: String,
+        ty: AddType,
+    },
+    Epa {
+        fd: String,
+        page: u64,
+    },
+    Einit {
+        encl: String,
+    },
+    Eenter {
+        encl: String,
+        fd: String,
+        page: u64,
+    },
+    Eexit {
+        encl: String,
+        fd: String,
+        page: u64,
+    },
+    Eremove {
+        fd: String,
+        page: u64,
+    },
+    Ioctl {
+        fd: String,
+        request: u64,
+        arg: u64,
+    },
+    Close(String),
+    Reset(Vec<String>),
+    Stats,
+    Expect(String),
+}
+
+/// Default EPC when a script has no `epc` line.
+pub const DEFAULT_EPC: u64 = 128 << 20;
+
+/// Why a script is not valid: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {col}: {msg}")]
+pub struct ParseError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub col: usize,
+    /// What is wrong and what was expected.
+    pub msg: String,
+}
+
+/// Why a SIZE or number is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NumberError {
+    /// Not digits (with an optional `0x`, and for SIZE a K/M/G/T suffix).
+    #[error("'{0}' is not a number")]
+    NotANumber(String),
+    /// Does not fit in 64 bits.
+    #[error("'{0}' is too large (at most 2^64 - 1)")]
+    Overflow(String),
+}
+
+/// Parses a page index or ioctl number: decimal or `0x` hexadecimal.
+pub fn parse_number(s: &str) -> Result<u64, NumberError> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(NumberError::NotANumber(s.to_owned()));
+    }
+    u64::from_str_radix(digits, radix).map_err(|_| NumberError::Overflow(s.to_owned()))
+}
+
+/// Parses a SIZE: a number with an optional suffix K, M, G or T (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, NumberError> {
+    let shift = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => 10,
+        Some('M') => 20,
+        Some('G') => 30,
+        Some('T') => 40,
+        _ => 0,
+    };
+    let digits = if shift == 0 { s } else { &s[..s.len() - 1] };
+    let n = parse_number(digits).map_err(|e| match e {
+        NumberError::NotANumber(_) => NumberError::NotANumber(s.to_owned()),
+        NumberError::Overflow(_) => NumberError::Overflow(s.to_owned()),
+    })?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| NumberError::Overflow(s.to_owned()))
+}
+
+/// Whether `s` is a valid FD or enclave name: `[A-Za-z][A-Za-z0-9_]*`.
+pub fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Word<'a> {
+    text: &'a str,
+    col: usize,
+}
+
+/// Splits a line into words, dropping its comment.
+fn words(line: &str) -> Vec<Word<'_>> {
+    let mut out: Vec<Word<'_>> = Vec::new();
+    let mut start: Option<(usize, usize)> = None; // (byte, column) of the current word
+    let mut end = line.len();
+    for (col0, (byte, c)) in line.char_indices().enumerate() {
+        if c == ' ' || c == '\t' {
+            if let Some((b, col)) = start.take() {
+                out.push(Word {
+                    text: &line[b..byte],
+                    col,
+                });
+            }
+            continue;
+        }
+        if c == '#' {
+            let at_word_start = start.is_none();
+            let after_expect = out.len() == 1 && out[0].text == "expect";
+            if !(at_word_start && after_expect && is_fault_word(&line[byte..])) {
+                end = byte;
+                break;
+            }
+        }
+        if start.is_none() {
+            start = Some((byte, col0 + 1));
+        }
+    }
+    if let Some((b, col)) = start {
+        out.push(Word {
+            text: &line[b..end],
+            col,
+        });
+    }
+    out
+}
+
+/// `#` followed by capitals up to the end of the word: `#GP`, `#PF`, `#UD`.
+fn is_fault_word(rest: &str) -> bool {
+    let word = rest.split([' ', '\t']).next().unwrap_or("");
+    word.len() > 1 && word[1..].chars().all(|c| c.is_ascii_uppercase())
+}
+
+const COMMANDS: &str = "epc, kernel, open, mmap, touch, ecreate, eadd, epa, einit, eenter, \
+                        eexit, eremove, ioctl, close, reset, stats, expect";
+
+struct Line<'a> {
+    line: usize,
+    words: Vec<Word<'a>>,
+    /// Column just past the last word, for "expected X here" at the end of a line.
+    end_col: usize,
+}
+
+impl<'a> Line<'a> {
+    fn err(&self, col: usize, msg: impl Into<String>) -> ParseError {
+        ParseError {
+            line: self.line,
+            col,
+            msg: msg.into(),
+        }
+    }
+
+    fn word(&self, i: usize, what: &str) -> Result<Word<'a>, ParseError> {
+        self.words.get(i).copied().ok_or_else(|| {
+            self.err(
+                self.end_col,
+                format!("`{}` needs {what} here", self.words[0].text),
+            )
+        })
+    }
+
+    fn name(&self, i: usize, what: &str) -> Result<String, ParseError> {
+        let w = self.word(i, what)?;
+        if !is_name(w.text) {
+            return Err(self.err(
+                w.col,
+                format!(
+                    "expected {what} (a letter, then letters, digits or _), found '{}'",
+                    w.text
+                ),
+            ));
+        }
+        Ok(w.text.to_owned())
+    }
+
+    fn number(&self, i: usize, what: &str) -> Result<u64, ParseError> {
+        let w = self.word(i, what)?;
+        parse_number(w.text).map_err(|e| self.err(w.col, format!("expected {what}: {e}")))
+    }
+
+    fn size(&self, i: usize) -> Result<u64, ParseError> {
+        let w = self.word(i, "a SIZE")?;
+        parse_size(w.text).map_err(|e| {
+            self.err(
+                w.col,
+                format!("expected a SIZE (bytes, with optional K/M/G/T): {e}"),
+            )
+        })
+    }
+
+    fn no_more(&self, n: usize) -> Result<(), ParseError> {
+        match self.words.get(n) {
+            None => Ok(()),
+            Some(w) => Err(self.err(
+                w.col,
+                format!("unexpected '{}' after `{}`", w.text, self.words[0].text),
+            )),
+        }
+    }
+}
+
+/// Static state while validating: which names exist, where `epc`/`kernel` may be.
+#[derive(Default)]
+struct Scope {
+    fds: HashSet<String>,
+    enclaves: HashSet<String>,
+    commands: usize,
+    opened: bool,
+    has_epc: bool,
+}
+
+impl Scope {
+    fn fd(&self, l: &Line<'_>, i: usize) -> Result<String, ParseError> {
+        let name = l.name(i, "an FD name")?;
+        if !self.fds.contains(&name) {
+            return Err(l.err(
+                l.words[i].col,
+                format!("unknown FD '{name}': no earlier `open {name}`"),
+            ));
+        }
+        Ok(name)
+    }
+
+    fn encl(&self, l: &Line<'_>, i: usize) -> Result<String, ParseError> {
+        let name = l.name(i, "an enclave name")?;
+        if !self.enclaves.contains(&name) {
+            return Err(l.err(
+                l.words[i].col,
+                format!("unknown enclave '{name}': no earlier `ecreate … {name}`"),
+            ));
+        }
+        Ok(name)
+    }
+}
+
+/// Parses and validates a whole script.
+pub fn parse(src: &str) -> Result<Script, ParseError> {
+    let mut scope = Scope::default();
+    let mut steps = Vec::new();
+    let mut epc = vec![DEFAULT_EPC];
+    let mut kernel = KernelVersion::DEFAULT;
+    for (i, raw) in src.lines().enumerate() {
+        let words = words(raw);
+        let Some(first) = words.first() else { continue };
+        let end_col = words
+            .last()
+            .map_or(1, |w| w.col + w.text.chars().count() + 1);
+        let l = Line {
+            line: i + 1,
+            words: words.clone(),
+            end_col,
+        };
+        let command = command(&l, &mut scope, first)?;
+        match &command {
+            Command::Epc(sizes) => epc.clone_from(sizes),
+            Command::Kernel(v) => kernel = *v,
+            _ => {}
+        }
+        scope.commands += 1;
+        steps.push(Step {
+            line: i + 1,
+            text: words.iter().map(|w| w.text).collect::<Vec<_>>().join(" "),
+            command,
+        });
+    }
+    Ok(Script { epc, kernel, steps })
+}
+
+fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command, ParseError> {
+    let fd = |i| scope.fd(l, i);
+    let encl = |i| scope.encl(l, i);
+    let page = |i| l.number(i, "a PAGE (a page index into the mapping)");
+    let (cmd, used) = match first.text {
+        "epc" => {
+            if scope.commands > 0 || scope.has_epc {
+                return Err(l.err(first.col, "`epc` must come before any other command"));
+            }
+            let mut sizes = vec![l.size(1)?];
+            for j in 2..l.words.len() {
+                sizes.push(l.size(j)?);
+            }
+            for (j, &s) in sizes.iter().enumerate() {
+                if s == 0 || s % PAGE_SIZE != 0 {
+                    return Err(l.err(
+                        l.words[j + 1].col,
+                        format!("an EPC section must be a non-zero multiple of 4K, not {s} bytes"),
+                    ));
+                }
+            }
+            if let Err(e) = Epc::new(&sizes) {
+                return Err(l.err(first.col, e.to_string()));
+            }
+            scope.has_epc = true;
+            (Command::Epc(sizes), l.words.len())
+        }
+        "kernel" => {
+            if scope.opened {
+                return Err(l.err(first.col, "`kernel` must come before the first `open`"));
+            }
+            let w = l.word(1, "a VERSION such as 5.15 or 6.18")?;
+            let v = KernelVersion::parse(w.text).ok_or_else(|| {
+                l.err(
+                    w.col,
+                    format!("expected a VERSION such as 5.15, found '{}'", w.text),
+                )
+            })?;
+            (Command::Kernel(v), 2)
+        }
+        "open" => {
+            let name = l.name(1, "an FD name")?;
+            scope.fds.insert(name.clone());
+            scope.opened = true;
+            (Command::Open(name), 2)
+        }
+        "mmap" => {
+            let (fd, size) = (fd(1)?, l.size(2)?);
+            let private = match l.words.get(3) {
+                None => false,
+                Some(w) if w.text == "private" => true,
+                Some(w) => {
+                    return Err(l.err(
+                        w.col,
+                        format!("expected `private` or nothing, found '{}'", w.text),
+                    ));
+                }
+            };
+            (
+                Command::Mmap { fd, size, private },
+                3 + usize::from(private),
+            )
+        }
+        "touch" => (
+            Command::Touch {
+                fd: fd(1)?,
+                page: page(2)?,
+            },
+            3,
+        ),
+        "ecreate" => {
+            let (fd, page) = (fd(1)?, page(2)?);
+            let encl = l.name(3, "an enclave name")?;
+            scope.enclaves.insert(encl.clone());
+            (Command::Ecreate { fd, page, encl }, 4)
+        }
+        "eadd" => {
+            let (fd, page, encl) = (fd(1)?, page(2)?, encl(3)?);
+            let w = l.word(4, "`reg` or `tcs`")?;
+            let ty = match w.text {
+                "reg" => AddType::Reg,
+                "tcs" => AddType::Tcs,
+                other => {
+                    return Err(l.err(w.col, format!("expected `reg` or `tcs`, found '{other}'")));
+                }
+            };
+            (Command::Eadd { fd, page, encl, ty }, 5)
+        }
+        "epa" => (
+            Command::Epa {
+                fd: fd(1)?,
+                page: page(2)?,
+            },
+            3,
+        ),
+        "einit" => (Command::Einit { encl: encl(1)? }, 2),
+        "eenter" => (
+            Command::Eenter {
+                encl: encl(1)?,
+                fd: fd(2)?,
+                page: page(3)?,
+            },
+            4,
+        ),
+        "eexit" => (
+            Command::Eexit {
+                encl: encl(1)?,
+                fd: fd(2)?,
+                page: page(3)?,
+            },
+            4,
+        ),
+        "eremove" => (
+            Command::Eremove {
+                fd: fd(1)?,
+                page: page(2)?,
+            },
+            3,
+        ),
+        "ioctl" => {
+            let fd = fd(1)?;
+            let w = l.word(2, "a request (`remove-all` or a number)")?;
+            let request = if w.text == "remove-all" {
+                u64::from(crate::abi::SGX_IOC_VEPC_REMOVE_ALL)
+            } else {
+                l.number(2, "a request (`remove-all` or a number)")?
+            };
+            let arg = if l.words.len() > 3 {
+                l.number(3, "an ARG number")?
+            } else {
+                0
+            };
+            (Command::Ioctl { fd, request, arg }, 4)
+        }
+        "close" => (Command::Close(fd(1)?), 2),
+        "reset" => {
+            let mut fds = vec![fd(1)?];
+            for j in 2..l.words.len() {
+                fds.push(fd(j)?);
+            }
+            (Command::Reset(fds), l.words.len())
+        }
+        "stats" => (Command::Stats, 1),
+        "expect" => {
+            if scope.commands == 0 {
+                return Err(l.err(first.col, "`expect` needs a command before it"));
+            }
+            l.word(1, "the expected RESULT")?;
+            let text = l.words[1..]
+                .iter()
+                .map(|w| w.text)
+                .collect::<Vec<_>>()
+                .join(" ");
+            (Command::Expect(text), l.words.len())
+        }
+        other => {
+            return Err(l.err(
+                first.col,
+                format!("unknown command '{other}' (commands: {COMMANDS})"),
+            ));
+        }
+    };
+    l.no_more(used)?;
+    Ok(cmd)
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.line, self.text)
+    }
+}

@@ -1,0 +1,306 @@
+//! Running a script against the model (SCRIPT.md "Results").
+//!
+//! The runner plays a VMM process and its guest: FD names stand for file descriptors
+//! (each `open` makes a new one, as a real `open` would), enclave names for the guest's
+//! pointer to a SECS page, and guest commands reach EPC only through a mapping, faulting
+//! pages in on first access.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::parse::{Command, Script, Step};
+use crate::abi::{Errno, PAGE_SIZE, Signal};
+use crate::driver::{Device, Mapping, Sharing, VepcFile};
+use crate::model::{Epc, EpcPage};
+use crate::reset::{ResetError, reset};
+
+/// What one command gave.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Outcome {
+    /// 1-based line.
+    pub line: usize,
+    /// The command as written, without its comment.
+    pub command: String,
+    /// Its result, as SCRIPT.md spells results (for `expect`: `ok` or `mismatch`).
+    pub result: String,
+    /// For an `expect` that did not hold: what it expected and what came.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mismatch: Option<Mismatch>,
+}
+
+/// An `expect` that did not hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Mismatch {
+    /// The line whose result was checked.
+    pub of_line: usize,
+    /// What the script expected.
+    pub expected: String,
+    /// What that line gave.
+    pub actual: String,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// One outcome per command, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Consistency-check failures, when the run was asked to check after every step.
+    pub inconsistencies: Vec<String>,
+}
+
+impl Report {
+    /// The `expect` lines that did not hold.
+    pub fn mismatches(&self) -> impl Iterator<Item = (&Outcome, &Mismatch)> {
+        self.outcomes
+            .iter()
+            .filter_map(|o| o.mismatch.as_ref().map(|m| (o, m)))
+    }
+
+    /// Whether every expectation held and every check passed.
+    pub fn passed(&self) -> bool {
+        self.mismatches().next().is_none() && self.inconsistencies.is_empty()
+    }
+}
+
+/// A file descriptor the script opened, with its mappings.
+#[derive(Debug, Default)]
+struct Fd {
+    file: Option<VepcFile>,
+    maps: Vec<Mapping>,
+}
+
+/// Runs scripts; see [`Runner::run`].
+#[derive(Debug)]
+pub struct Runner {
+    device: Arc<Device>,
+    /// Every FD ever opened; names point at the newest one with that name.
+    fds: Vec<Fd>,
+    names: HashMap<String, usize>,
+    /// Enclave name → (FD slot, page): the guest's pointer to its SECS.
+    enclaves: HashMap<String, (usize, u64)>,
+    check_each_step: bool,
+}
+
+impl Runner {
+    /// A runner with a fresh device as the script's `epc` and `kernel` lines ask.
+    pub fn new(script: &Script) -> Self {
+        // The parser has already built this EPC once to validate it.
+        let epc = Epc::new(&script.epc).unwrap_or_else(|_| unreachable_epc());
+        Self {
+            device: Device::new(epc, script.kernel),
+            fds: Vec::new(),
+            names: HashMap::new(),
+            enclaves: HashMap::new(),
+            check_each_step: false,
+        }
+    }
+
+    /// Also run the device's consistency check after every step.
+    pub fn check_each_step(mut self, on: bool) -> Self {
+        self.check_each_step = on;
+        self
+    }
+
+    /// The device the script runs on.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Runs every step; never stops early.
+    pub fn run(&mut self, script: &Script) -> Report {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(script.steps.len());
+        let mut inconsistencies = Vec::new();
+        let mut last: Option<(usize, String)> = None;
+        for step in &script.steps {
+            let outcome = match &step.command {
+                Command::Expect(want) => expect(step, want, last.as_ref()),
+                command => {
+                    let result = self.step(command);
+                    last = Some((step.line, result.clone()));
+                    Outcome {
+                        line: step.line,
+                        command: step.text.clone(),
+                        result,
+                        mismatch: None,
+                    }
+                }
+            };
+            outcomes.push(outcome);
+            if self.check_each_step
+                && let Err(e) = self.device.check()
+            {
+                inconsistencies.push(format!("after line {}: {e}", step.line));
+            }
+        }
+        Report {
+            outcomes,
+            inconsistencies,
+        }
+    }
+
+    fn step(&mut self, command: &Command) -> String {
+        match self.exec(command) {
+            Ok(s) => s,
+            Err(r) => r.to_string(),
+        }
+    }
+
+    fn exec(&mut self, command: &Command) -> Result<String, Fail> {
+        let epc = self.device.epc();
+        let ok = |()| "ok".to_owned();
+        match command {
+            Command::Epc(_) | Command::Kernel(_) => Ok("ok".into()),
+            Command::Open(name) => {
+                let file = self.device.open();
+                self.fds.push(Fd {
+                    file: file.as_ref().ok().cloned(),
+                    maps: Vec::new(),
+                });
+                self.names.insert(name.clone(), self.fds.len() - 1);
+                file.map(|_| "ok".into()).map_err(Fail::Errno)
+            }
+            Command::Mmap { fd, size, private } => {
+                let slot = self.slot(fd);
+                let file = self.fds[slot]
+                    .file
+                    .as_ref()
+                    .ok_or(Fail::Errno(Errno::Ebadf))?;
+                let sharing = if *private {
+                    Sharing::Private
+                } else {
+                    Sharing::Shared
+                };
+                let map = file.mmap(*size, sharing, 0)?;
+                self.fds[slot].maps.push(map);
+                Ok("ok".into())
+            }
+            Command::Touch { fd, page } => {
+                self.guest_page(self.slot(fd), *page).map(|_| "ok".into())
+            }
+            Command::Ecreate { fd, page, encl } => {
+                let slot = self.slot(fd);
+                self.enclaves.insert(encl.clone(), (slot, *page));
+                let p = self.guest_page(slot, *page)?;
+                Ok(epc.ecreate(p).map(ok)?)
+            }
+            Command::Eadd { fd, page, encl, ty } => {
+                let p = self.guest_page(self.slot(fd), *page)?;
+                let secs = self.secs(encl)?;
+                Ok(epc.eadd(p, secs, *ty).map(ok)?)
+            }
+            Command::Epa { fd, page } => {
+                let p = self.guest_page(self.slot(fd), *page)?;
+                Ok(epc.epa(p).map(ok)?)
+            }
+            Command::Einit { encl } => Ok(epc.einit(self.secs(encl)?).map(ok)?),
+            // EENTER and EEXIT name only the TCS, as the instructions do; the enclave
+            // name in the script is for the reader.
+            Command::Eenter { fd, page, .. } => {
+                let p = self.guest_page(self.slot(fd), *page)?;
+                Ok(epc.eenter(p).map(ok)?)
+            }
+            Command::Eexit { fd, page, .. } => {
+                let p = self.guest_page(self.slot(fd), *page)?;
+                Ok(epc.eexit(p).map(ok)?)
+            }
+            Command::Eremove { fd, page } => {
+                let p = self.guest_page(self.slot(fd), *page)?;
+                Ok(epc.eremove(p).map(ok)?)
+            }
+            Command::Ioctl { fd, request, arg } => {
+                let file = self.file(fd)?;
+                // ioctl(2)'s request is an unsigned int: the kernel never sees the
+                // upper half of a wider number.
+                Ok(file.ioctl(*request as u32, *arg)?.to_string())
+            }
+            Command::Close(fd) => {
+                let slot = self.slot(fd);
+                let f = &mut self.fds[slot];
+                let file = f.file.take().ok_or(Fail::Errno(Errno::Ebadf))?;
+                f.maps.clear();
+                drop(file);
+                Ok("ok".into())
+            }
+            Command::Reset(names) => {
+                let files = names
+                    .iter()
+                    .map(|n| self.file(n).cloned())
+                    .collect::<Result<Vec<_>, _>>()?;
+                match reset(&files) {
+                    Ok(_) => Ok("ok".into()),
+                    Err(ResetError::Ioctl { errno, .. }) => Err(Fail::Errno(errno)),
+                    Err(ResetError::SecsLeft { .. }) => Ok("SECS_LEFT".into()),
+                }
+            }
+            Command::Stats => Ok(self.device.stats().to_string()),
+            Command::Expect(_) => Ok("ok".into()),
+        }
+    }
+
+    fn slot(&self, fd: &str) -> usize {
+        // The parser guarantees an earlier `open` bound the name.
+        self.names.get(fd).copied().unwrap_or(usize::MAX)
+    }
+
+    fn file(&self, fd: &str) -> Result<&VepcFile, Fail> {
+        self.fds
+            .get(self.slot(fd))
+            .and_then(|f| f.file.as_ref())
+            .ok_or(Fail::Errno(Errno::Ebadf))
+    }
+
+    /// The guest's access to `page` of the FD's mapping: faults it in. `SIGSEGV`
+    /// when no mapping of that FD covers it (none made, or closed since).
+    fn guest_page(&self, slot: usize, page: u64) -> Result<EpcPage, Fail> {
+        let maps = self.fds.get(slot).map_or(&[][..], |f| &f.maps[..]);
+        let map = maps
+            .iter()
+            .find(|m| page < m.pages())
+            .ok_or(Fail::Signal(Signal::Sigsegv))?;
+        Ok(map.touch(page)?)
+    }
+
+    fn secs(&self, encl: &str) -> Result<EpcPage, Fail> {
+        let &(slot, page) = self
+            .enclaves
+            .get(encl)
+            .ok_or(Fail::Signal(Signal::Sigsegv))?;
+        self.guest_page(slot, page)
+    }
+}
+
+#[cold]
+fn unreachable_epc() -> Epc {
+    // A script's EPC is validated by the parser; keep going with the smallest one
+    // rather than panic if a caller built a Script by hand with a bad one.
+    match Epc::new(&[PAGE_SIZE]) {
+        Ok(e) => e,
+        Err(_) => unreachable!("a one-page EPC is always valid"),
+    }
+}
+
+fn expect(step: &Step, want: &str, last: Option<&(usize, String)>) -> Outcome {
+    let (of_line, actual) = last.map_or((0, ""), |(l, r)| (*l, r.as_str()));
+    let held = actual == want;
+    Outcome {
+        line: step.line,
+        command: step.text.clone(),
+        result: if held { "ok" } else { "mismatch" }.into(),
+        mismatch: (!held).then(|| Mismatch {
+            of_line,
+            expected: want.to_owned(),
+            actual: actual.to_owned(),
+        }),
+    }
+}
+
+/// A command's result when it is not a success.
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error(transparent)]
+    Errno(#[from] Errno),
+    #[error(transparent)]
+    Signal(#[from] Signal),
+    #[error(transparent)]
+    Encls(#[from] crate::abi::EnclsError),
+}
