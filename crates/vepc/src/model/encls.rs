@@ -90,8 +90,9 @@ impl Epc {
             let s = match self.lock_secs(secs) {
                 Ok(s) => s,
                 Err(EnclsError::GP) => return Err(EnclsError::GP),
-                // The TCS changed under us (it cannot name a non-SECS otherwise).
-                Err(_) => continue,
+                // The TCS changed under us: look again.
+                Err(_) if self.entry(tcs) != t => continue,
+                Err(e) => return Err(e),
             };
             // With the SECS held the TCS can no longer change; check it still is ours.
             if self.entry(tcs) != t {
@@ -118,7 +119,10 @@ impl Epc {
             }
             let secs = t.owner();
             let Some(s) = self.lock_secs_wait(secs) else {
-                continue;
+                if self.entry(tcs) != t {
+                    continue;
+                }
+                return Err(EnclsError::UD);
             };
             if self.entry(tcs) != t {
                 self.unlock(secs, s);

@@ -118,7 +118,10 @@ impl<'e> Sweep<'e> {
                         Ok(s) => s,
                         Err(EnclsError::GP) => return Err(EnclsError::GP),
                         // The page changed under us: look again.
-                        Err(_) => continue,
+                        Err(_) if epc.entry(page) != e => continue,
+                        // A child whose SECS is no SECS: the EPCM contradicts itself.
+                        // Only a bug gets here; answer as broken hardware would.
+                        Err(e) => return Err(e),
                     };
                     if epc.entry(page) != e {
                         epc.unlock(secs, s);
