@@ -7,7 +7,10 @@ use vepc::driver::{Device, Sharing};
 use vepc::model::{AddType, Epc};
 
 fn device(pages: u64) -> Arc<Device> {
-    Device::new(Epc::new(&[pages * 4096]).expect("valid EPC"), KernelVersion::DEFAULT)
+    Device::new(
+        Epc::new(&[pages * 4096]).expect("valid EPC"),
+        KernelVersion::DEFAULT,
+    )
 }
 
 #[test]
@@ -29,12 +32,24 @@ fn fault_index_is_pgoff_plus_offset() {
     let dev = device(8);
     let file = dev.open().expect("open");
     let a = file.mmap(4096 * 4, Sharing::Shared, 0).expect("mmap");
-    let b = file.mmap(4096 * 2, Sharing::Shared, 2).expect("mmap at pgoff 2");
+    let b = file
+        .mmap(4096 * 2, Sharing::Shared, 2)
+        .expect("mmap at pgoff 2");
     let p = b.touch(1).expect("touch");
-    assert_eq!(a.backing(3), Some(p), "the same index through both mappings");
+    assert_eq!(
+        a.backing(3),
+        Some(p),
+        "the same index through both mappings"
+    );
     assert_eq!(b.touch(2), Err(Signal::Sigsegv));
-    assert_eq!(file.mmap(u64::MAX, Sharing::Shared, 0).err(), Some(Errno::Enomem));
-    assert_eq!(file.mmap(4096, Sharing::Shared, u64::MAX).err(), Some(Errno::Eoverflow));
+    assert_eq!(
+        file.mmap(u64::MAX, Sharing::Shared, 0).err(),
+        Some(Errno::Enomem)
+    );
+    assert_eq!(
+        file.mmap(4096, Sharing::Shared, u64::MAX).err(),
+        Some(Errno::Eoverflow)
+    );
 }
 
 #[test]
@@ -101,8 +116,18 @@ fn remove_all_runs_beside_faults_and_other_instances() {
             rounds += 1;
             assert!(rounds < 3, "serial retries must converge");
         }
-        assert!(f0.vepc().pages().iter().all(|&(_, p)| !epc.entry(p).valid()));
-        assert!(f1.vepc().pages().iter().all(|&(_, p)| !epc.entry(p).valid()));
+        assert!(
+            f0.vepc()
+                .pages()
+                .iter()
+                .all(|&(_, p)| !epc.entry(p).valid())
+        );
+        assert!(
+            f1.vepc()
+                .pages()
+                .iter()
+                .all(|&(_, p)| !epc.entry(p).valid())
+        );
         dev.check().expect("consistent");
         assert!(dev.warnings().is_empty(), "{:?}", dev.warnings());
     }

@@ -20,12 +20,21 @@ fn every_scenario_passes_with_the_consistency_check_on() {
     assert!(all.len() >= 15, "only {} scenarios", all.len());
     for path in all {
         let src = std::fs::read_to_string(&path).expect("readable scenario");
-        let report = vepc::script::run(&src, true)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let report =
+            vepc::script::run(&src, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let failed: Vec<_> = report.mismatches().collect();
         assert!(failed.is_empty(), "{}: {failed:?}", path.display());
-        assert!(report.inconsistencies.is_empty(), "{}: {:?}", path.display(), report.inconsistencies);
-        let expects = report.outcomes.iter().filter(|o| o.command.starts_with("expect ")).count();
+        assert!(
+            report.inconsistencies.is_empty(),
+            "{}: {:?}",
+            path.display(),
+            report.inconsistencies
+        );
+        let expects = report
+            .outcomes
+            .iter()
+            .filter(|o| o.command.starts_with("expect "))
+            .count();
         assert!(expects > 0, "{} checks nothing", path.display());
         assert!(
             src.contains("SEMANTICS.md §") || src.contains("SCRIPT.md"),
@@ -42,8 +51,19 @@ fn every_rule_of_sections_2_and_3_has_a_scenario() {
         .map(|p| std::fs::read_to_string(p).expect("readable"))
         .collect();
     for rule in [
-        "§2 open", "§2 mmap", "§2 fault", "§2 ioctl", "§2 REMOVE_ALL", "§2 release",
-        "§3 rule 3", "§3 rule 4", "§3 rule 5", "§3 rule 6", "§3 rule 7", "§4.3", "§4.1",
+        "§2 open",
+        "§2 mmap",
+        "§2 fault",
+        "§2 ioctl",
+        "§2 REMOVE_ALL",
+        "§2 release",
+        "§3 rule 3",
+        "§3 rule 4",
+        "§3 rule 5",
+        "§3 rule 6",
+        "§3 rule 7",
+        "§4.3",
+        "§4.1",
     ] {
         assert!(text.contains(rule), "no scenario cites SEMANTICS.md {rule}");
     }
@@ -54,6 +74,9 @@ fn every_rule_of_sections_2_and_3_has_a_scenario() {
 fn a_wrong_expectation_fails_and_names_both_results() {
     let report = vepc::script::run("open G\nioctl G remove-all\nexpect 1\n", false).expect("valid");
     let (o, m) = report.mismatches().next().expect("a mismatch");
-    assert_eq!((o.line, m.of_line, m.expected.as_str(), m.actual.as_str()), (3, 2, "1", "0"));
+    assert_eq!(
+        (o.line, m.of_line, m.expected.as_str(), m.actual.as_str()),
+        (3, 2, "1", "0")
+    );
     assert!(!report.passed());
 }

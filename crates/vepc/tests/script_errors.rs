@@ -8,17 +8,31 @@ use vepc::script::{parse, parse_size};
 fn rejects(src: &str, line: usize, col: usize, needle: &str) {
     let e = parse(src).expect_err("the script must be rejected");
     assert_eq!((e.line, e.col), (line, col), "{e}");
-    assert!(e.msg.contains(needle), "'{}' does not say '{needle}'", e.msg);
+    assert!(
+        e.msg.contains(needle),
+        "'{}' does not say '{needle}'",
+        e.msg
+    );
 }
 
 #[test]
 fn malformed_lines() {
-    rejects("open G\nfrobnicate G\n", 2, 1, "unknown command 'frobnicate'");
+    rejects(
+        "open G\nfrobnicate G\n",
+        2,
+        1,
+        "unknown command 'frobnicate'",
+    );
     rejects("open G\nmmap G\n", 2, 8, "needs a SIZE");
     rejects("open G\ntouch G 1 2\n", 2, 11, "unexpected '2'");
     rejects("open G\nmmap G 4K shared\n", 2, 11, "expected `private`");
     rejects("open G\n  eadd G 1 E reg\n", 2, 12, "unknown enclave 'E'");
-    rejects("open G\nmmap G 4K\necreate G 0 E\neadd G 1 E data\n", 4, 12, "`reg` or `tcs`");
+    rejects(
+        "open G\nmmap G 4K\necreate G 0 E\neadd G 1 E data\n",
+        4,
+        12,
+        "`reg` or `tcs`",
+    );
     rejects("open 1G\n", 1, 6, "expected an FD name");
     rejects("open G\ntouch G -1\n", 2, 9, "not a number");
     rejects("open G\nioctl G remove_all\n", 2, 9, "not a number");
@@ -42,7 +56,12 @@ fn misplaced_commands() {
     rejects("epc 1M\nepc 1M\n", 2, 1, "before any other command");
     rejects("open G\nkernel 5.15\n", 2, 1, "before the first `open`");
     rejects("kernel five\n", 1, 8, "VERSION");
-    rejects("# nothing yet\nexpect ok\n", 2, 1, "needs a command before it");
+    rejects(
+        "# nothing yet\nexpect ok\n",
+        2,
+        1,
+        "needs a command before it",
+    );
 }
 
 #[test]
@@ -61,7 +80,10 @@ fn comments_and_fault_words() {
     let texts: Vec<_> = s.steps.iter().map(|s| s.text.as_str()).collect();
     assert_eq!(texts, ["open G", "mmap G 4K", "expect #GP", "expect #PF"]);
     // Only right after `expect` is a #WORD a result; elsewhere it starts a comment.
-    assert_eq!(parse("open G #GP\n").expect("valid").steps[0].text, "open G");
+    assert_eq!(
+        parse("open G #GP\n").expect("valid").steps[0].text,
+        "open G"
+    );
 }
 
 #[test]

@@ -43,7 +43,8 @@ impl PageMap {
     /// The page at `index`, if there is one.
     pub(crate) fn get(&self, index: u64) -> Option<EpcPage> {
         let (key, slot) = split(index);
-        decode(self.chunk(key)?[slot].load(Ordering::Acquire))
+        let map = self.chunks.read().unwrap_or_else(PoisonError::into_inner);
+        decode(map.get(&key)?[slot].load(Ordering::Acquire))
     }
 
     /// Puts `page` at an empty `index`. Callers serialize inserts (the fault lock).

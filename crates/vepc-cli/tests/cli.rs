@@ -1,0 +1,155 @@
+//! The `vepc` binary as a user meets it: output lines, exit statuses, messages.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+fn vepc(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vepc"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vepc runs");
+    if let Some(s) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(s.as_bytes())
+            .expect("write");
+    }
+    child.wait_with_output().expect("vepc finishes")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// SCRIPT.md's example, byte for byte.
+const EXAMPLE: &str = "epc 512K
+open G
+mmap G 32K
+ecreate G 4 Vault       # SECS above its children
+eadd G 0 Vault tcs
+eadd G 1 Vault reg
+einit Vault
+ioctl G remove-all
+expect 0                # children come first in index order, then the SECS goes
+stats
+expect free=125 used=3 zombie=0
+close G
+stats
+expect free=128 used=0 zombie=0
+";
+
+#[test]
+fn script_md_example_gives_exactly_its_results() {
+    let o = vepc(&["sim", "-"], Some(EXAMPLE));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert_eq!(
+        text(&o.stdout),
+        "1: epc 512K -> ok
+2: open G -> ok
+3: mmap G 32K -> ok
+4: ecreate G 4 Vault -> ok
+5: eadd G 0 Vault tcs -> ok
+6: eadd G 1 Vault reg -> ok
+7: einit Vault -> ok
+8: ioctl G remove-all -> 0
+9: expect 0 -> ok
+10: stats -> free=125 used=3 zombie=0
+11: expect free=125 used=3 zombie=0 -> ok
+12: close G -> ok
+13: stats -> free=128 used=0 zombie=0
+14: expect free=128 used=0 zombie=0 -> ok
+"
+    );
+    assert!(o.stderr.is_empty());
+}
+
+#[test]
+fn a_failed_expectation_exits_1_and_the_run_goes_on() {
+    let o = vepc(
+        &["sim", "-"],
+        Some("open G\nioctl G 7\nexpect 0\nstats\nexpect free=1 used=0 zombie=0\n"),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("3: expect 0 -> FAILED: expected 0, line 2 gave ENOTTY"),
+        "{out}"
+    );
+    assert!(
+        out.contains("4: stats -> free=32768 used=0 zombie=0"),
+        "the run went on: {out}"
+    );
+    assert!(text(&o.stderr).contains("2 expectation(s) failed, at line(s) 3, 5"));
+}
+
+#[test]
+fn an_invalid_script_exits_2_runs_nothing_and_points_at_the_error() {
+    let o = vepc(&["sim", "-"], Some("open G\nstats\nmmap G 12X\n"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty(), "nothing is run");
+    let err = text(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one clear line: {err}");
+    assert!(err.starts_with("-:3:8: error: expected a SIZE"), "{err}");
+}
+
+#[test]
+fn unreadable_file_exits_2() {
+    let o = vepc(&["sim", "/nonexistent/x.vsim"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o.stderr).contains("cannot read /nonexistent/x.vsim"));
+}
+
+#[test]
+fn json_gives_one_object_per_command() {
+    let o = vepc(
+        &["sim", "--json", "-"],
+        Some("open G\nexpect ok\nioctl G remove-all 1\nexpect 0\n"),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let objs: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(objs.len(), 4);
+    assert_eq!(objs[2]["line"], 3);
+    assert_eq!(objs[2]["command"], "ioctl G remove-all 1");
+    assert_eq!(objs[2]["result"], "EINVAL");
+    assert_eq!(objs[3]["result"], "mismatch");
+    assert_eq!(objs[3]["mismatch"]["actual"], "EINVAL");
+}
+
+#[test]
+fn bad_arguments_are_a_usage_error_not_a_panic() {
+    for args in [
+        &["sim"][..],
+        &["nope"],
+        &["sim", "a", "b"],
+        &["demo", "--frob"],
+    ] {
+        let o = vepc(args, None);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(!text(&o.stderr).contains("panicked"));
+    }
+}
+
+#[test]
+fn demo_tells_the_whole_story_and_exits_0() {
+    let o = vepc(&["demo"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    assert!(!out.contains("BAD"), "{out}");
+    assert!(out.contains("refused: REMOVE_ALL on instance 0 in round 1 failed with EBUSY"));
+    assert!(out.contains("round 1: S0 -> 1, S1 -> 0; round 2: S0 -> 0"));
+    assert!(out.contains("0 of 6040 pages valid"));
+
+    let o = vepc(&["demo", "--json"], None);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["beats"].as_array().map(Vec::len), Some(9));
+}
