@@ -104,7 +104,7 @@ impl Epc {
         }
         let mut total: u64 = 0;
         for (index, &bytes) in section_bytes.iter().enumerate() {
-            if bytes == 0 || bytes % PAGE_SIZE != 0 {
+            if bytes == 0 || !bytes.is_multiple_of(PAGE_SIZE) {
                 return Err(EpcError::SectionSize { index, bytes });
             }
             total = total.saturating_add(bytes / PAGE_SIZE);
@@ -182,7 +182,7 @@ impl Epc {
     /// The page an ENCLS operand names: `#GP` if it is not 4 KiB aligned, `#PF` if it
     /// is not an EPC page (the SDM's first two checks of every page operand).
     pub fn page_at(&self, addr: u64) -> Result<EpcPage, EnclsError> {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(EnclsError::GP);
         }
         let idx = addr.wrapping_sub(EPC_PHYS_BASE) / PAGE_SIZE;
@@ -275,7 +275,7 @@ impl Epc {
                 Ok(e) => return Some(e),
                 Err(EnclsError::GP) => {
                     spins += 1;
-                    if spins % 64 == 0 {
+                    if spins.is_multiple_of(64) {
                         std::thread::yield_now();
                     } else {
                         std::hint::spin_loop();

@@ -355,7 +355,7 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
                 sizes.push(l.size(j)?);
             }
             for (j, &s) in sizes.iter().enumerate() {
-                if s == 0 || s % PAGE_SIZE != 0 {
+                if s == 0 || !s.is_multiple_of(PAGE_SIZE) {
                     return Err(l.err(
                         l.words[j + 1].col,
                         format!("an EPC section must be a non-zero multiple of 4K, not {s} bytes"),
