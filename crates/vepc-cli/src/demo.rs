@@ -153,7 +153,7 @@ fn run(story: &mut Story) -> Result<(), String> {
         Err(ResetError::Ioctl {
             instance: 0,
             round: 1,
-            errno: Errno::Ebusy
+            errno: Errno::EBUSY
         })
     );
     story.tell(

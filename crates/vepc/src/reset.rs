@@ -57,12 +57,12 @@ pub enum ResetError {
 
 fn hint(errno: Errno) -> &'static str {
     match errno {
-        Errno::Ebusy => {
+        Errno::EBUSY => {
             ": stop every vCPU that maps the guest's EPC, and serialize \
                          REMOVE_ALL with close() of vEPC fds, then retry"
         }
-        Errno::Enotty => ": the kernel is older than 5.16; recreate the instance instead",
-        Errno::Einval => ": the ioctl's argument must be 0",
+        Errno::ENOTTY => ": the kernel is older than 5.16; recreate the instance instead",
+        Errno::EINVAL => ": the ioctl's argument must be 0",
         _ => "",
     }
 }

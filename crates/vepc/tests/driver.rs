@@ -44,11 +44,11 @@ fn fault_index_is_pgoff_plus_offset() {
     assert_eq!(b.touch(2), Err(Signal::Sigsegv));
     assert_eq!(
         file.mmap(u64::MAX, Sharing::Shared, 0).err(),
-        Some(Errno::Enomem)
+        Some(Errno::ENOMEM)
     );
     assert_eq!(
         file.mmap(4096, Sharing::Shared, u64::MAX).err(),
-        Some(Errno::Eoverflow)
+        Some(Errno::EOVERFLOW)
     );
 }
 
@@ -109,7 +109,7 @@ fn remove_all_runs_beside_faults_and_other_instances() {
             [a.join().expect("no panic"), b.join().expect("no panic")]
         });
         for a in answers {
-            assert!(matches!(a, Ok(0..=16) | Err(Errno::Ebusy)), "{a:?}");
+            assert!(matches!(a, Ok(0..=16) | Err(Errno::EBUSY)), "{a:?}");
         }
         let mut rounds = 0;
         while [f0.remove_all(), f1.remove_all()] != [Ok(0), Ok(0)] {
@@ -145,7 +145,7 @@ fn ebusy_is_the_only_answer_to_enclave_act_and_gp() {
     epc.eadd(tcs, secs, AddType::Tcs).expect("eadd");
     epc.einit(secs).expect("einit");
     epc.eenter(tcs).expect("eenter");
-    assert_eq!(file.remove_all(), Err(Errno::Ebusy));
+    assert_eq!(file.remove_all(), Err(Errno::EBUSY));
     epc.eexit(tcs).expect("eexit");
     assert_eq!(file.remove_all(), Ok(0));
 }

@@ -81,7 +81,7 @@ impl Device {
     /// `ENOENT` on kernels before 5.13, which have no such device.
     pub fn open(self: &Arc<Self>) -> Result<VepcFile, Errno> {
         if !self.kernel.has_vepc() {
-            return Err(Errno::Enoent);
+            return Err(Errno::ENOENT);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let vepc = Arc::new(Vepc::new(id, Arc::clone(self)));

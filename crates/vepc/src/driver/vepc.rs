@@ -103,7 +103,7 @@ impl Vepc {
             }
         });
         match stopped {
-            Some(()) => Err(Errno::Ebusy),
+            Some(()) => Err(Errno::EBUSY),
             None => Ok(failures),
         }
     }
@@ -114,10 +114,10 @@ impl Vepc {
             // do_vfs_ioctl() answers these for every file, whatever the driver.
             FIOCLEX | FIONCLEX => Ok(0),
             // Before 5.16 the driver has no ioctl at all: the VFS says ENOTTY.
-            _ if !self.device.kernel().has_remove_all() => Err(Errno::Enotty),
-            SGX_IOC_VEPC_REMOVE_ALL if arg != 0 => Err(Errno::Einval),
+            _ if !self.device.kernel().has_remove_all() => Err(Errno::ENOTTY),
+            SGX_IOC_VEPC_REMOVE_ALL if arg != 0 => Err(Errno::EINVAL),
             SGX_IOC_VEPC_REMOVE_ALL => self.remove_all(),
-            _ => Err(Errno::Enotty),
+            _ => Err(Errno::ENOTTY),
         }
     }
 }
@@ -196,14 +196,14 @@ impl VepcFile {
     /// checked.
     pub fn mmap(&self, len: u64, sharing: Sharing, pgoff: u64) -> Result<Mapping, Errno> {
         if len == 0 {
-            return Err(Errno::Einval);
+            return Err(Errno::EINVAL);
         }
-        let pages = len.checked_add(PAGE_SIZE - 1).ok_or(Errno::Enomem)? / PAGE_SIZE;
+        let pages = len.checked_add(PAGE_SIZE - 1).ok_or(Errno::ENOMEM)? / PAGE_SIZE;
         if pgoff.checked_add(pages).is_none() {
-            return Err(Errno::Eoverflow);
+            return Err(Errno::EOVERFLOW);
         }
         if sharing != Sharing::Shared {
-            return Err(Errno::Einval);
+            return Err(Errno::EINVAL);
         }
         Ok(Mapping {
             vepc: Arc::clone(&self.vepc),

@@ -164,7 +164,7 @@ impl Runner {
                 let file = self.fds[slot]
                     .file
                     .as_ref()
-                    .ok_or(Fail::Errno(Errno::Ebadf))?;
+                    .ok_or(Fail::Errno(Errno::EBADF))?;
                 let sharing = if *private {
                     Sharing::Private
                 } else {
@@ -216,7 +216,7 @@ impl Runner {
             Command::Close(fd) => {
                 let slot = self.slot(fd);
                 let f = &mut self.fds[slot];
-                let file = f.file.take().ok_or(Fail::Errno(Errno::Ebadf))?;
+                let file = f.file.take().ok_or(Fail::Errno(Errno::EBADF))?;
                 f.maps.clear();
                 drop(file);
                 Ok("ok".into())
@@ -246,7 +246,7 @@ impl Runner {
         self.fds
             .get(self.slot(fd))
             .and_then(|f| f.file.as_ref())
-            .ok_or(Fail::Errno(Errno::Ebadf))
+            .ok_or(Fail::Errno(Errno::EBADF))
     }
 
     /// The guest's access to `page` of the FD's mapping: faults it in. `SIGSEGV`
