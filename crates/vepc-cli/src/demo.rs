@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, Mapping, Sharing, VepcFile};
+use vepc::driver::{Device, ModelInstance};
 use vepc::model::{AddType, Epc, EpcPage};
-use vepc::reset::{ResetError, reset};
+use vepc::reset::{ResetOptions, reset};
 
 use crate::out;
 
@@ -51,16 +51,16 @@ impl Story {
     }
 }
 
-/// A guest EPC section: its vEPC file and the mapping the VMM made of it.
+/// A guest EPC section: its vEPC instance, mapped by the VMM.
 struct Section {
     name: &'static str,
-    file: VepcFile,
-    map: Mapping,
+    inst: ModelInstance,
 }
 
 impl Section {
+    /// The guest's access to page `i` of the section (faulting it in).
     fn page(&self, i: u64) -> Result<EpcPage, String> {
-        self.map
+        self.inst.maps[0]
             .touch(i)
             .map_err(|s| format!("{}[{i}]: {s}", self.name))
     }
@@ -103,11 +103,8 @@ fn run(story: &mut Story) -> Result<(), String> {
     );
 
     let open = |name, size: u64| -> Result<Section, String> {
-        let file = device.open().map_err(|e| format!("open {name}: {e}"))?;
-        let map = file
-            .mmap(size, Sharing::Shared, 0)
-            .map_err(|e| format!("mmap {name}: {e}"))?;
-        Ok(Section { name, file, map })
+        let inst = ModelInstance::open(&device, size).map_err(|e| format!("{name}: {e}"))?;
+        Ok(Section { name, inst })
     };
     let s0 = open("S0", 48 * MIB)?;
     let s1 = open("S1", 32 * MIB)?;
@@ -133,7 +130,7 @@ fn run(story: &mut Story) -> Result<(), String> {
             epc.epa(sec.page(i)?).map_err(|e| format!("EPA: {e}"))?;
         }
     }
-    let touched = s0.file.vepc().present_pages() + s1.file.vepc().present_pages();
+    let touched = s0.inst.file.vepc().present_pages() + s1.inst.file.vepc().present_pages();
     story.tell(
         "guest builds enclaves",
         format!(
@@ -146,56 +143,60 @@ fn run(story: &mut Story) -> Result<(), String> {
     epc.eenter(vault_tcs).map_err(|e| format!("EENTER: {e}"))?;
     story.tell("vCPU 0 enters Vault", "a thread is inside an enclave", true);
 
-    let files = [s0.file.clone(), s1.file.clone()];
-    let first = reset(&files);
-    let busy = matches!(
-        first,
-        Err(ResetError::Ioctl {
-            instance: 0,
-            round: 1,
-            errno: Errno::EBUSY
-        })
+    // The reboot: the VMM resets the EPC, with a quiesce hook that stops vCPU 0 when
+    // REMOVE_ALL answers EBUSY. The report shows every call.
+    let mut instances = [s0.inst, s1.inst];
+    let mut stopped = Vec::new();
+    let mut stop_vcpus = |instance: usize| -> Result<(), String> {
+        epc.eexit(vault_tcs).map_err(|e| format!("EEXIT: {e}"))?;
+        stopped.push(instance);
+        Ok(())
+    };
+    let outcome = reset(
+        &mut instances,
+        &ResetOptions::default(),
+        Some(&mut stop_vcpus),
+    );
+    let report = match outcome {
+        Ok(r) => r,
+        Err(failed) => {
+            story.tell(
+                "guest reboots: the VMM resets the EPC",
+                failed.to_string(),
+                false,
+            );
+            return Ok(());
+        }
+    };
+    let names = ["S0", "S1"];
+    let mut calls = report.calls.iter();
+    let first = calls.next();
+    story.tell(
+        "guest reboots while vCPU 0 is still inside Vault: REMOVE_ALL S0",
+        "EBUSY: EREMOVE met SGX_ENCLAVE_ACT, which the kernel reports as EBUSY",
+        first.is_some_and(|c| c.instance == 0 && c.round == 1 && c.answer == Err(Errno::EBUSY)),
     );
     story.tell(
-        "guest reboots; VMM resets the EPC while vCPU 0 still runs",
-        match &first {
-            Err(e) => format!("refused: {e}"),
-            Ok(_) => "accepted, which the kernel never does with a thread inside".into(),
-        },
-        busy,
+        "the reset's quiesce hook stops vCPU 0",
+        "the thread has left Vault",
+        stopped == [0] && report.quiesced == 1,
     );
-
-    epc.eexit(vault_tcs).map_err(|e| format!("EEXIT: {e}"))?;
-    story.tell("VMM stops vCPU 0", "the thread has left Vault", true);
-
-    match reset(&files) {
-        Ok(r) => {
-            let r2: Vec<String> = r
-                .round2
-                .iter()
-                .zip(["S0", "S1"])
-                .filter_map(|(a, n)| a.map(|a| format!("{n} -> {a}")))
-                .collect();
-            // Only Bridge's SECS survives round 1 (its S1 children were still there
-            // when S0 was walked), so only S0 needs, and must pass, round 2.
-            let as_expected = r.round1 == [1, 0] && r.round2 == [Some(0), None];
-            story.tell(
-                "two-round REMOVE_ALL",
-                format!(
-                    "round 1: S0 -> {}, S1 -> {}; round 2: {}",
-                    r.round1[0],
-                    r.round1[1],
-                    if r2.is_empty() {
-                        "not needed".into()
-                    } else {
-                        r2.join(", ")
-                    }
-                ),
-                as_expected,
-            );
-        }
-        Err(e) => story.tell("two-round REMOVE_ALL", e.to_string(), false),
-    }
+    let rest: Vec<String> = calls
+        .map(|c| {
+            let answer = c.answer.map_or_else(|e| e.to_string(), |n| n.to_string());
+            format!("round {} {} -> {answer}", c.round, names[c.instance])
+        })
+        .collect();
+    // Only Bridge's SECS survives round 1 (its S1 children were still there when S0
+    // was walked), so only S0 needs, and must pass, round 2.
+    let expected = ["round 1 S0 -> 1", "round 1 S1 -> 0", "round 2 S0 -> 0"];
+    story.tell(
+        "the two-round REMOVE_ALL",
+        format!("{} (the reset took {:?})", rest.join(", "), report.elapsed),
+        rest == expected,
+    );
+    let [s0, s1] = instances;
+    let files = [s0.file.clone(), s1.file.clone()];
 
     let mut valid = 0u64;
     let mut total = 0u64;

@@ -59,6 +59,9 @@ pub fn main(args: &Args) -> ExitCode {
             }
         }
     }
+    for w in &report.warnings {
+        eprintln!("vepc sim: {name}: kernel warning: {w}");
+    }
     for problem in &report.inconsistencies {
         eprintln!("vepc sim: {name}: {problem}");
     }

@@ -143,8 +143,9 @@ fn demo_tells_the_whole_story_and_exits_0() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
     let out = text(&o.stdout);
     assert!(!out.contains("BAD"), "{out}");
-    assert!(out.contains("refused: REMOVE_ALL on instance 0 in round 1 failed with EBUSY"));
-    assert!(out.contains("round 1: S0 -> 1, S1 -> 0; round 2: S0 -> 0"));
+    assert!(out.contains("REMOVE_ALL S0: EBUSY"));
+    assert!(out.contains("quiesce hook stops vCPU 0"));
+    assert!(out.contains("round 1 S0 -> 1, round 1 S1 -> 0, round 2 S0 -> 0"));
     assert!(out.contains("0 of 6040 pages valid"));
 
     let o = vepc(&["demo", "--json"], None);

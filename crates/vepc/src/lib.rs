@@ -11,6 +11,9 @@
 //! - [`driver`]: Linux's `/dev/sgx_vepc` (`arch/x86/kernel/cpu/sgx/virt.c`) on top of
 //!   it: open, shared-only mmap, fault, `REMOVE_ALL`, release and the zombie list;
 //! - [`script`]: the scenario language of `vepc sim` (`SCRIPT.md`);
+//! - [`reset`]: the guest-reboot reset protocol, written once for both;
+//! - [`real`]: the real `/dev/sgx_vepc` for VMMs (the only module allowed `unsafe`);
+//! - [`probe`]: what a host operator needs to know before starting SGX guests;
 //! - [`abi`]: request numbers, return codes and errno values, as the kernel has them.
 //!
 //! The reference the model is held to is `SEMANTICS.md` in the project's spec folder.
@@ -18,5 +21,8 @@
 pub mod abi;
 pub mod driver;
 pub mod model;
+pub mod probe;
+#[allow(unsafe_code)]
+pub mod real;
 pub mod reset;
 pub mod script;

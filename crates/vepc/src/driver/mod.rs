@@ -4,9 +4,11 @@
 //!   the kernel version it behaves like;
 //! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
 //!   mappings; the instance is released when the last of them is dropped;
+//! - [`ModelInstance`]: an instance as a VMM holds it, for [`crate::reset`];
 //! - [`Device::check`]: the consistency check any test can call.
 
 mod check;
+mod instance;
 mod page_map;
 mod vepc;
 
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 pub use check::Inconsistency;
+pub use instance::ModelInstance;
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelVersion};

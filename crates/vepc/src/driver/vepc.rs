@@ -34,6 +34,11 @@ impl Vepc {
         }
     }
 
+    /// The device the instance belongs to.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
     /// The instance's number, unique for its device.
     pub fn id(&self) -> u64 {
         self.id
@@ -240,6 +245,11 @@ impl Mapping {
     /// Length in pages.
     pub fn pages(&self) -> u64 {
         self.pages
+    }
+
+    /// The page offset into the instance the mapping starts at.
+    pub fn pgoff(&self) -> u64 {
+        self.pgoff
     }
 
     /// A touch of the mapping's `page`-th page: `SIGSEGV` outside the mapping,

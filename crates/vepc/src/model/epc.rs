@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use super::epcm::{Entry, EpcPage, PageType};
 use super::pool::FreePool;
@@ -93,6 +94,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Epc {
     epcm: Box<[AtomicU64]>,
     sections: Box<[Section]>,
+    /// Simulated time one EREMOVE takes, in nanoseconds (0: as fast as the model is).
+    eremove_cost_ns: AtomicU64,
 }
 
 impl Epc {
@@ -128,12 +131,27 @@ impl Epc {
             })
             .collect();
         let epcm = (0..total).map(|_| AtomicU64::new(0)).collect();
-        Ok(Self { epcm, sections })
+        Ok(Self {
+            epcm,
+            sections,
+            eremove_cost_ns: AtomicU64::new(0),
+        })
     }
 
     /// The sections, in physical order.
     pub fn sections(&self) -> &[Section] {
         &self.sections
+    }
+
+    /// Makes every EREMOVE take at least `cost` of busy CPU time, as on hardware
+    /// (about 1-2 µs per page): for measuring strategies, not for fidelity.
+    pub fn set_eremove_cost(&self, cost: Duration) {
+        let ns = u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX);
+        self.eremove_cost_ns.store(ns, Ordering::Relaxed);
+    }
+
+    pub(crate) fn eremove_cost(&self) -> Duration {
+        Duration::from_nanos(self.eremove_cost_ns.load(Ordering::Relaxed))
     }
 
     /// Total pages in all sections.

@@ -14,6 +14,8 @@
 //! the same EREMOVEs issued back to back: holding the SECS a little longer only widens
 //! the window in which a concurrent leaf on that enclave meets it and takes `#GP`.
 
+use std::time::{Duration, Instant};
+
 use super::epc::Epc;
 use super::epcm::{Entry, EpcPage, PageType};
 use crate::abi::EnclsError;
@@ -39,6 +41,7 @@ impl Epc {
 pub struct Sweep<'e> {
     epc: &'e Epc,
     held: Option<Held>,
+    cost: Duration,
 }
 
 /// A SECS the sweep holds locked, and how many of its children it has removed since.
@@ -52,12 +55,19 @@ struct Held {
 impl<'e> Sweep<'e> {
     /// A sweep over `epc`.
     pub fn new(epc: &'e Epc) -> Self {
-        Self { epc, held: None }
+        Self {
+            epc,
+            held: None,
+            cost: epc.eremove_cost(),
+        }
     }
 
     /// EREMOVE on `page`: answers exactly as [`Epc::eremove`] would.
     #[inline]
     pub fn eremove(&mut self, page: EpcPage) -> Result<(), EnclsError> {
+        if !self.cost.is_zero() {
+            burn(self.cost);
+        }
         if let Some(h) = &mut self.held {
             let e = self.epc.entry(page);
             // A sibling of the held run: its SECS is locked by us, so the enclave has
@@ -147,6 +157,15 @@ impl<'e> Sweep<'e> {
 impl Drop for Sweep<'_> {
     fn drop(&mut self) {
         self.let_go();
+    }
+}
+
+/// Keeps this CPU busy for `d`, as a slow instruction would.
+#[cold]
+fn burn(d: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        std::hint::spin_loop();
     }
 }
 

@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use super::parse::{Command, Script, Step};
 use crate::abi::{Errno, PAGE_SIZE, Signal};
-use crate::driver::{Device, Mapping, Sharing, VepcFile};
+use crate::driver::{Device, ModelInstance, Sharing, VepcFile};
 use crate::model::{Epc, EpcPage};
-use crate::reset::{ResetError, reset};
+use crate::reset::{ResetError, ResetOptions, reset};
 
 /// What one command gave.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +46,9 @@ pub struct Report {
     pub outcomes: Vec<Outcome>,
     /// Consistency-check failures, when the run was asked to check after every step.
     pub inconsistencies: Vec<String>,
+    /// Kernel warnings the model hit (`WARN_ON` in `virt.c`), e.g. a release with a
+    /// thread still inside an enclave.
+    pub warnings: Vec<String>,
 }
 
 impl Report {
@@ -62,19 +65,13 @@ impl Report {
     }
 }
 
-/// A file descriptor the script opened, with its mappings.
-#[derive(Debug, Default)]
-struct Fd {
-    file: Option<VepcFile>,
-    maps: Vec<Mapping>,
-}
-
 /// Runs scripts; see [`Runner::run`].
 #[derive(Debug)]
 pub struct Runner {
     device: Arc<Device>,
-    /// Every FD ever opened; names point at the newest one with that name.
-    fds: Vec<Fd>,
+    /// Every FD ever opened (`None` once closed, or if the open failed); names point
+    /// at the newest one with that name.
+    fds: Vec<Option<ModelInstance>>,
     names: HashMap<String, usize>,
     /// Enclave name → (FD slot, page): the guest's pointer to its SECS.
     enclaves: HashMap<String, (usize, u64)>,
@@ -135,6 +132,7 @@ impl Runner {
         Report {
             outcomes,
             inconsistencies,
+            warnings: self.device.warnings(),
         }
     }
 
@@ -152,26 +150,23 @@ impl Runner {
             Command::Epc(_) | Command::Kernel(_) => Ok("ok".into()),
             Command::Open(name) => {
                 let file = self.device.open();
-                self.fds.push(Fd {
-                    file: file.as_ref().ok().cloned(),
+                self.fds.push(file.as_ref().ok().map(|f| ModelInstance {
+                    file: f.clone(),
                     maps: Vec::new(),
-                });
+                }));
                 self.names.insert(name.clone(), self.fds.len() - 1);
                 file.map(|_| "ok".into()).map_err(Fail::Errno)
             }
             Command::Mmap { fd, size, private } => {
                 let slot = self.slot(fd);
-                let file = self.fds[slot]
-                    .file
-                    .as_ref()
-                    .ok_or(Fail::Errno(Errno::EBADF))?;
+                let inst = self.fds[slot].as_mut().ok_or(Fail::Errno(Errno::EBADF))?;
                 let sharing = if *private {
                     Sharing::Private
                 } else {
                     Sharing::Shared
                 };
-                let map = file.mmap(*size, sharing, 0)?;
-                self.fds[slot].maps.push(map);
+                let map = inst.file.mmap(*size, sharing, 0)?;
+                inst.maps.push(map);
                 Ok("ok".into())
             }
             Command::Touch { fd, page } => {
@@ -215,23 +210,11 @@ impl Runner {
             }
             Command::Close(fd) => {
                 let slot = self.slot(fd);
-                let f = &mut self.fds[slot];
-                let file = f.file.take().ok_or(Fail::Errno(Errno::EBADF))?;
-                f.maps.clear();
-                drop(file);
+                // Unmaps and closes: the instance's last reference goes, release runs.
+                self.fds[slot].take().ok_or(Fail::Errno(Errno::EBADF))?;
                 Ok("ok".into())
             }
-            Command::Reset(names) => {
-                let files = names
-                    .iter()
-                    .map(|n| self.file(n).cloned())
-                    .collect::<Result<Vec<_>, _>>()?;
-                match reset(&files) {
-                    Ok(_) => Ok("ok".into()),
-                    Err(ResetError::Ioctl { errno, .. }) => Err(Fail::Errno(errno)),
-                    Err(ResetError::SecsLeft { .. }) => Ok("SECS_LEFT".into()),
-                }
-            }
+            Command::Reset(names) => self.reset(names),
             Command::Stats => Ok(self.device.stats().to_string()),
             Command::Expect(_) => Ok("ok".into()),
         }
@@ -245,14 +228,52 @@ impl Runner {
     fn file(&self, fd: &str) -> Result<&VepcFile, Fail> {
         self.fds
             .get(self.slot(fd))
-            .and_then(|f| f.file.as_ref())
+            .and_then(|f| f.as_ref())
+            .map(|inst| &inst.file)
             .ok_or(Fail::Errno(Errno::EBADF))
+    }
+
+    /// The library's reset over the named instances, in order (each instance once:
+    /// a name given twice is reset once). There is no vCPU for a quiesce hook to stop,
+    /// so a thread inside an enclave makes it answer `EBUSY`.
+    fn reset(&mut self, names: &[String]) -> Result<String, Fail> {
+        let mut slots: Vec<usize> = Vec::new();
+        for n in names {
+            let slot = self.slot(n);
+            if self.fds.get(slot).is_none_or(Option::is_none) {
+                return Err(Fail::Errno(Errno::EBADF));
+            }
+            if !slots.contains(&slot) {
+                slots.push(slot);
+            }
+        }
+        let mut instances: Vec<ModelInstance> =
+            slots.iter().filter_map(|&s| self.fds[s].take()).collect();
+        let outcome = reset(&mut instances, &ResetOptions::default(), None);
+        for (slot, inst) in slots.into_iter().zip(instances) {
+            self.fds[slot] = Some(inst);
+        }
+        match outcome {
+            Ok(_) => Ok("ok".into()),
+            Err(failed) => match failed.error {
+                ResetError::SecsLeft { .. } => Ok("SECS_LEFT".into()),
+                ResetError::Busy { .. } => Err(Fail::Errno(Errno::EBUSY)),
+                ResetError::Ioctl { errno, .. } | ResetError::Recreate { errno, .. } => {
+                    Err(Fail::Errno(errno))
+                }
+                ResetError::Quiesce(_) => Err(Fail::Errno(Errno::EBUSY)),
+            },
+        }
     }
 
     /// The guest's access to `page` of the FD's mapping: faults it in. `SIGSEGV`
     /// when no mapping of that FD covers it (none made, or closed since).
     fn guest_page(&self, slot: usize, page: u64) -> Result<EpcPage, Fail> {
-        let maps = self.fds.get(slot).map_or(&[][..], |f| &f.maps[..]);
+        let maps = self
+            .fds
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(&[][..], |f| &f.maps[..]);
         let map = maps
             .iter()
             .find(|m| page < m.pages())

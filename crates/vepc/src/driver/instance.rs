@@ -1,0 +1,47 @@
+//! [`ModelInstance`]: a guest EPC section on the model, as a VMM holds it.
+
+use std::sync::Arc;
+
+use super::{Mapping, Sharing, VepcFile};
+use crate::abi::{Errno, PAGE_SIZE};
+use crate::reset::VepcInstance;
+
+/// An open model instance and the mappings the VMM made of it.
+#[derive(Debug)]
+pub struct ModelInstance {
+    /// The open file.
+    pub file: VepcFile,
+    /// Its mappings.
+    pub maps: Vec<Mapping>,
+}
+
+impl ModelInstance {
+    /// An instance with one mapping of `len` bytes at offset 0.
+    pub fn open(device: &Arc<super::Device>, len: u64) -> Result<Self, Errno> {
+        let file = device.open()?;
+        let map = file.mmap(len, Sharing::Shared, 0)?;
+        Ok(Self {
+            file,
+            maps: vec![map],
+        })
+    }
+}
+
+impl VepcInstance for ModelInstance {
+    fn remove_all(&self) -> Result<u64, Errno> {
+        self.file.remove_all()
+    }
+
+    /// Opens a new instance, maps it as the old one was mapped, then drops the old
+    /// one (which the kernel then releases).
+    fn recreate(&mut self) -> Result<(), Errno> {
+        let file = self.file.vepc().device().open()?;
+        let maps = self
+            .maps
+            .iter()
+            .map(|m| file.mmap(m.pages() * PAGE_SIZE, Sharing::Shared, m.pgoff()))
+            .collect::<Result<Vec<_>, _>>()?;
+        *self = Self { file, maps };
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Errors of the real device, each saying what to do about it.
+
+use std::path::PathBuf;
+
+use crate::abi::Errno;
+
+/// A failed call on the real `/dev/sgx_vepc`.
+#[derive(Debug, thiserror::Error)]
+pub enum VepcError {
+    /// `open` answered `ENOENT`/`ENODEV`/`ENXIO`.
+    #[error(
+        "{path} does not exist: this host has no SGX, SGX is disabled in the firmware, or the \
+         kernel has no SGX virtualization (CONFIG_X86_SGX_KVM, Linux 5.13 or later)"
+    )]
+    NoDevice {
+        /// The path opened.
+        path: PathBuf,
+        /// What `open` answered.
+        errno: Errno,
+    },
+    /// `open` answered `EACCES`/`EPERM`.
+    #[error(
+        "permission denied opening {path}: add this user to the group that owns it \
+         (`ls -l {path}`; often `sgx`), or run the VMM with a udev rule or an fd passed in"
+    )]
+    PermissionDenied {
+        /// The path opened.
+        path: PathBuf,
+        /// What `open` answered.
+        errno: Errno,
+    },
+    /// REMOVE_ALL answered `ENOTTY`.
+    #[error(
+        "SGX_IOC_VEPC_REMOVE_ALL is not supported (ENOTTY): the kernel is older than 5.16, or \
+         this fd is not /dev/sgx_vepc; reset by opening a new instance and mapping it over the \
+         old range"
+    )]
+    NoRemoveAll,
+    /// REMOVE_ALL answered `EBUSY`.
+    #[error(
+        "REMOVE_ALL answered EBUSY: a vCPU is running inside an enclave of this guest, or \
+         another REMOVE_ALL or a close() of a vEPC fd ran at the same time; stop the vCPUs, \
+         serialize the calls, and retry"
+    )]
+    Busy,
+    /// A call answered `EINVAL`.
+    #[error("{op} answered EINVAL: {hint}")]
+    InvalidArgument {
+        /// Which call.
+        op: &'static str,
+        /// What is usually wrong.
+        hint: &'static str,
+    },
+    /// Any other failure.
+    #[error("{op} failed: {errno} ({})", std::io::Error::from_raw_os_error(errno.raw()))]
+    Os {
+        /// Which call.
+        op: &'static str,
+        /// What it answered.
+        errno: Errno,
+    },
+}
+
+impl VepcError {
+    /// The errno behind the error.
+    pub fn errno(&self) -> Errno {
+        match self {
+            Self::NoDevice { errno, .. }
+            | Self::PermissionDenied { errno, .. }
+            | Self::Os { errno, .. } => *errno,
+            Self::NoRemoveAll => Errno::ENOTTY,
+            Self::Busy => Errno::EBUSY,
+            Self::InvalidArgument { .. } => Errno::EINVAL,
+        }
+    }
+
+    pub(super) fn open(path: PathBuf, e: rustix::io::Errno) -> Self {
+        let errno = Errno::from_raw(e.raw_os_error());
+        match errno {
+            Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => Self::NoDevice { path, errno },
+            Errno::EACCES | Errno::EPERM => Self::PermissionDenied { path, errno },
+            _ => Self::Os { op: "open", errno },
+        }
+    }
+
+    pub(super) fn mmap(e: rustix::io::Errno) -> Self {
+        match Errno::from_raw(e.raw_os_error()) {
+            Errno::EINVAL => Self::InvalidArgument {
+                op: "mmap",
+                hint: "a vEPC must be mapped MAP_SHARED, with a non-zero length",
+            },
+            errno => Self::Os { op: "mmap", errno },
+        }
+    }
+
+    pub(super) fn remove_all(e: rustix::io::Errno) -> Self {
+        match Errno::from_raw(e.raw_os_error()) {
+            Errno::ENOTTY => Self::NoRemoveAll,
+            Errno::EBUSY => Self::Busy,
+            Errno::EINVAL => Self::InvalidArgument {
+                op: "SGX_IOC_VEPC_REMOVE_ALL",
+                hint: "the third argument must be 0 (a variadic ioctl() call without it can \
+                       pass garbage)",
+            },
+            errno => Self::Os {
+                op: "SGX_IOC_VEPC_REMOVE_ALL",
+                errno,
+            },
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst` (SEMANTICS.md
+//! §4), written once against [`VepcInstance`], which both the real device
+//! ([`crate::real::RealInstance`]) and the model ([`crate::driver::ModelInstance`])
+//! implement.
+//!
+//! 1. Round 1: REMOVE_ALL on every instance of the guest. Children go; SECS pages
+//!    whose children live elsewhere (or later in index order) are counted.
+//! 2. Round 2: REMOVE_ALL again on the instances that answered non-zero. Every child
+//!    is gone by now, so a non-zero answer is a bug in the kernel or the caller.
+//!
+//! `EBUSY` (a vCPU inside an enclave, or a conflicting EREMOVE) makes the protocol
+//! call the VMM's quiesce hook and retry that instance, a bounded number of times.
+//! `ENOTTY` (a kernel before 5.16) makes it recreate every instance in place instead.
+//!
+//! # Serialization
+//!
+//! One reset runs at a time in a process (a global lock), and the `&mut` borrow of
+//! the instances keeps this process's code from closing or replacing them meanwhile.
+//! The VMM must not close a vEPC fd of the guest by other means (a raw `close` on a
+//! duplicated fd, another process holding it) during a reset: a close runs the
+//! kernel's release, whose EREMOVEs conflict with REMOVE_ALL's.
+
+mod parallel;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::abi::Errno;
+use crate::model::epc::lock;
+
+/// One guest EPC section as the VMM holds it: an open vEPC instance and its mapping.
+pub trait VepcInstance {
+    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: the count of SECS pages left, or the
+    /// errno.
+    fn remove_all(&self) -> Result<u64, Errno>;
+
+    /// Replaces the instance with a new one mapped over the same address range, then
+    /// drops the old one (the only reset on kernels before 5.16).
+    fn recreate(&mut self) -> Result<(), Errno>;
+}
+
+/// How REMOVE_ALL's first round is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum Strategy {
+    /// One call after another, in the order given (the documented protocol).
+    #[default]
+    Serial,
+    /// Round 1 on all instances at once (one thread each), then every instance that
+    /// answered `EBUSY` again, one by one; round 2 serially. For guests with an EPC
+    /// section per NUMA node. Ends in the same state as [`Strategy::Serial`].
+    Parallel,
+}
+
+/// Knobs of [`reset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetOptions {
+    /// How many times an instance answering `EBUSY` is retried (after calling the
+    /// quiesce hook) before the reset fails.
+    pub busy_retries: u32,
+    /// Whether `ENOTTY` makes the reset recreate the instances instead of failing.
+    pub recreate_on_enotty: bool,
+    /// Serial or parallel first round.
+    pub strategy: Strategy,
+}
+
+impl Default for ResetOptions {
+    fn default() -> Self {
+        Self {
+            busy_retries: 3,
+            recreate_on_enotty: true,
+            strategy: Strategy::Serial,
+        }
+    }
+}
+
+/// One REMOVE_ALL call and what it answered.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Call {
+    /// Position of the instance in the list given to [`reset`].
+    pub instance: usize,
+    /// 1 or 2.
+    pub round: u8,
+    /// The count of SECS pages left, or the errno's name.
+    #[serde(serialize_with = "answer_str")]
+    pub answer: Result<u64, Errno>,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
+fn answer_str<S: serde::Serializer>(a: &Result<u64, Errno>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Ok(n) => s.serialize_str(&n.to_string()),
+        Err(e) => s.serialize_str(&e.to_string()),
+    }
+}
+
+/// What a reset did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ResetReport {
+    /// Every REMOVE_ALL call, in the order they returned.
+    pub calls: Vec<Call>,
+    /// How many times the quiesce hook was called.
+    pub quiesced: u32,
+    /// Instances recreated because the kernel has no REMOVE_ALL (`None`: no fallback).
+    pub recreated: Option<usize>,
+    /// The strategy used.
+    pub strategy: Strategy,
+    /// Wall time of the whole reset.
+    pub elapsed: Duration,
+}
+
+impl ResetReport {
+    /// The final answer of each instance in a round (`None`: not called then).
+    pub fn round(&self, round: u8, instances: usize) -> Vec<Option<Result<u64, Errno>>> {
+        let mut v = vec![None; instances];
+        for c in self.calls.iter().filter(|c| c.round == round) {
+            v[c.instance] = Some(c.answer);
+        }
+        v
+    }
+}
+
+/// Why a reset did not bring every page back to uninitialized.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResetError {
+    /// An instance kept answering `EBUSY`.
+    #[error(
+        "instance {instance} still answered EBUSY after {attempts} attempt(s): a vCPU is \
+         running inside an enclave (stop every vCPU of the guest, e.g. in the quiesce \
+         hook), or a vEPC fd is being closed at the same time"
+    )]
+    Busy {
+        /// Position of the instance.
+        instance: usize,
+        /// Calls made.
+        attempts: u32,
+    },
+    /// A REMOVE_ALL failed with something else.
+    #[error("REMOVE_ALL on instance {instance} in round {round} failed with {errno}{}", hint(*.errno))]
+    Ioctl {
+        /// Position of the instance.
+        instance: usize,
+        /// 1 or 2.
+        round: u8,
+        /// What it answered.
+        errno: Errno,
+    },
+    /// Round 2 still found SECS pages with children.
+    #[error(
+        "instance {instance} still has {count} SECS page(s) with children after round 2: a \
+         child lives in an instance that was not part of the reset, or the kernel is buggy"
+    )]
+    SecsLeft {
+        /// Position of the instance.
+        instance: usize,
+        /// What round 2 answered.
+        count: u64,
+    },
+    /// Recreating an instance (the pre-5.16 fallback) failed.
+    #[error("recreating instance {instance} (kernel without REMOVE_ALL) failed with {errno}")]
+    Recreate {
+        /// Position of the instance.
+        instance: usize,
+        /// What failed.
+        errno: Errno,
+    },
+    /// The VMM's quiesce hook failed.
+    #[error("the quiesce hook failed: {0}")]
+    Quiesce(String),
+}
+
+fn hint(errno: Errno) -> &'static str {
+    match errno {
+        Errno::ENOTTY => ": the kernel is older than 5.16 (enable recreate_on_enotty)",
+        Errno::EINVAL => ": the ioctl's argument must be 0",
+        _ => "",
+    }
+}
+
+/// A failed reset: why, and what had been done until then.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct ResetFailed {
+    /// Why it stopped.
+    pub error: ResetError,
+    /// The calls made until then.
+    pub report: ResetReport,
+}
+
+/// Called with an instance's position when it answered `EBUSY`: stop the vCPUs.
+pub type Quiesce<'a> = &'a mut dyn FnMut(usize) -> Result<(), String>;
+
+static RESET_LOCK: Mutex<()> = Mutex::new(());
+
+/// Brings every page of the guest's instances back to uninitialized.
+pub fn reset<I: VepcInstance + Sync>(
+    instances: &mut [I],
+    opts: &ResetOptions,
+    quiesce: Option<Quiesce<'_>>,
+) -> Result<ResetReport, ResetFailed> {
+    let _serialized = lock(&RESET_LOCK);
+    let started = Instant::now();
+    let mut run = Run {
+        opts,
+        quiesce,
+        report: ResetReport {
+            strategy: opts.strategy,
+            ..ResetReport::default()
+        },
+    };
+    let outcome = run.protocol(instances);
+    run.report.elapsed = started.elapsed();
+    match outcome {
+        Ok(()) => Ok(run.report),
+        Err(error) => Err(ResetFailed {
+            error,
+            report: run.report,
+        }),
+    }
+}
+
+struct Run<'o, 'q> {
+    opts: &'o ResetOptions,
+    quiesce: Option<Quiesce<'q>>,
+    report: ResetReport,
+}
+
+/// Round 1 found a kernel without REMOVE_ALL.
+struct NoRemoveAll;
+
+/// Why an instance's calls stopped without an answer.
+enum Stop {
+    Errno(Errno),
+    Quiesce(String),
+}
+
+impl Run<'_, '_> {
+    fn protocol<I: VepcInstance + Sync>(&mut self, instances: &mut [I]) -> Result<(), ResetError> {
+        let round1 = match self.round1(instances)? {
+            Ok(counts) => counts,
+            Err(NoRemoveAll) => return self.recreate_all(instances),
+        };
+        for (i, left) in round1.into_iter().enumerate() {
+            if left != 0 {
+                match self.call_busy_aware(&instances[i], i, 2) {
+                    Ok(0) => {}
+                    Ok(count) => return Err(ResetError::SecsLeft { instance: i, count }),
+                    Err(stop) => return Err(self.failure(i, 2, stop)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn round1<I: VepcInstance + Sync>(
+        &mut self,
+        instances: &[I],
+    ) -> Result<Result<Vec<u64>, NoRemoveAll>, ResetError> {
+        let first: Vec<Option<Result<u64, Errno>>> = match self.opts.strategy {
+            Strategy::Serial => vec![None; instances.len()],
+            Strategy::Parallel => parallel::round1(instances, &mut self.report.calls)
+                .into_iter()
+                .map(|a| match a {
+                    // Conflicts between the concurrent calls: retried one by one below.
+                    Err(Errno::EBUSY) => None,
+                    other => Some(other),
+                })
+                .collect(),
+        };
+        let mut counts = Vec::with_capacity(instances.len());
+        for (i, done) in first.into_iter().enumerate() {
+            let answer = match done {
+                Some(a) => a.map_err(Stop::Errno),
+                None => self.call_busy_aware(&instances[i], i, 1),
+            };
+            match answer {
+                Ok(n) => counts.push(n),
+                Err(Stop::Errno(Errno::ENOTTY)) if self.opts.recreate_on_enotty => {
+                    return Ok(Err(NoRemoveAll));
+                }
+                Err(stop) => return Err(self.failure(i, 1, stop)),
+            }
+        }
+        Ok(Ok(counts))
+    }
+
+    /// Calls REMOVE_ALL; on `EBUSY` calls the quiesce hook and retries, at most
+    /// `busy_retries` times.
+    fn call_busy_aware<I: VepcInstance>(
+        &mut self,
+        inst: &I,
+        i: usize,
+        round: u8,
+    ) -> Result<u64, Stop> {
+        let mut retries = 0;
+        loop {
+            let answer = self.call(inst, i, round);
+            if answer != Err(Errno::EBUSY) || retries == self.opts.busy_retries {
+                return answer.map_err(Stop::Errno);
+            }
+            retries += 1;
+            if let Some(q) = self.quiesce.as_mut() {
+                self.report.quiesced += 1;
+                q(i).map_err(Stop::Quiesce)?;
+            }
+        }
+    }
+
+    fn call<I: VepcInstance>(&mut self, inst: &I, i: usize, round: u8) -> Result<u64, Errno> {
+        let t = Instant::now();
+        let answer = inst.remove_all();
+        self.report.calls.push(Call {
+            instance: i,
+            round,
+            answer,
+            elapsed: t.elapsed(),
+        });
+        answer
+    }
+
+    fn failure(&self, instance: usize, round: u8, stop: Stop) -> ResetError {
+        match stop {
+            Stop::Quiesce(why) => ResetError::Quiesce(why),
+            Stop::Errno(Errno::EBUSY) => ResetError::Busy {
+                instance,
+                attempts: self
+                    .report
+                    .calls
+                    .iter()
+                    .filter(|c| c.instance == instance && c.round == round)
+                    .count() as u32,
+            },
+            Stop::Errno(errno) => ResetError::Ioctl {
+                instance,
+                round,
+                errno,
+            },
+        }
+    }
+
+    fn recreate_all<I: VepcInstance>(&mut self, instances: &mut [I]) -> Result<(), ResetError> {
+        for (i, inst) in instances.iter_mut().enumerate() {
+            inst.recreate()
+                .map_err(|errno| ResetError::Recreate { instance: i, errno })?;
+        }
+        self.report.recreated = Some(instances.len());
+        Ok(())
+    }
+}
