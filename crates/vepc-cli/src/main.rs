@@ -1,6 +1,8 @@
 //! `vepc`: the scenario runner, the demo, and (later) the host tools.
 
 mod demo;
+mod probe;
+mod selftest;
 mod sim;
 
 use std::process::ExitCode;
@@ -21,6 +23,10 @@ enum Cmd {
     Sim(sim::Args),
     /// A guest reboot on the built-in model, told step by step.
     Demo(demo::Args),
+    /// Can this host run SGX guests with reboot support? (exit 0 yes, 1 no)
+    Probe(probe::Args),
+    /// On an SGX host: open, map, populate, REMOVE_ALL, close (exit 77: no device).
+    Selftest(selftest::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +34,8 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Sim(args) => sim::main(&args),
         Cmd::Demo(args) => demo::main(&args),
+        Cmd::Probe(args) => probe::main(&args),
+        Cmd::Selftest(args) => selftest::main(&args),
     }
 }
 

@@ -154,3 +154,33 @@ fn demo_tells_the_whole_story_and_exits_0() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["beats"].as_array().map(Vec::len), Some(9));
 }
+
+#[test]
+fn probe_says_why_this_host_cannot_run_sgx_guests() {
+    let o = vepc(&["probe"], None);
+    let out = text(&o.stdout);
+    let verdict = out.lines().last().unwrap_or_default();
+    // No machine this project runs on has SGX: the answer must be a reasoned no.
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(verdict.starts_with("verdict   no: "), "{out}");
+    let o = vepc(&["probe", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["verdict"]["ok"], false);
+    assert!(
+        v["verdict"]["reasons"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert_eq!(v["host"]["devices"][0]["path"], "/dev/sgx_vepc");
+}
+
+#[test]
+fn selftest_without_a_device_exits_77_with_a_clear_message() {
+    let o = vepc(&["selftest", "--device", "/nonexistent/sgx_vepc"], None);
+    assert_eq!(o.status.code(), Some(77));
+    assert!(text(&o.stderr).contains("needs /nonexistent/sgx_vepc"));
+    // A device that is not vEPC fails the test (exit 1), not the skip.
+    let o = vepc(&["selftest", "--device", "/dev/null"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("mmap"));
+}

@@ -302,7 +302,7 @@ pub enum Signal {
 }
 
 /// A Linux kernel version, for the behaviours that changed over time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct KernelVersion {
     /// Major number.
     pub major: u16,

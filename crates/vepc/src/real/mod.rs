@@ -6,6 +6,7 @@
 //! `ioctl` demand it. **None of it has run on SGX hardware yet**; it is tested here on
 //! files that are not vEPC (`/dev/null`), under `strace`.
 
+pub mod cpu;
 mod error;
 pub mod kvm;
 mod region;
