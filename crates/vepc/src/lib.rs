@@ -26,3 +26,4 @@ pub mod probe;
 pub mod real;
 pub mod reset;
 pub mod script;
+mod sync;

@@ -13,16 +13,15 @@ mod page_map;
 mod vepc;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 pub use check::Inconsistency;
 pub use instance::ModelInstance;
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelVersion};
-use crate::model::epc::lock;
 use crate::model::{Epc, EpcPage};
+use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
 /// EPC usage, in pages. `free + used + zombie` is always the EPC's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

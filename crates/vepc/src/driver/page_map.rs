@@ -9,10 +9,10 @@
 //! walk may run beside faults, as `xa_for_each` in REMOVE_ALL does.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError};
 
 use crate::model::EpcPage;
+use crate::sync::{AtomicU32, AtomicU64, Ordering, RwLock};
 
 const CHUNK_SHIFT: u32 = 9;
 const CHUNK: usize = 1 << CHUNK_SHIFT;

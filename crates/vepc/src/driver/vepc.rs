@@ -3,12 +3,13 @@
 //! kernel's `release` runs when the file's last reference is dropped.
 
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::Device;
 use super::page_map::PageMap;
 use crate::abi::{EnclsError, Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
+use crate::sync::Mutex;
 
 /// `FIOCLEX` and `FIONCLEX`: handled by the VFS before any driver sees them.
 const FIOCLEX: u32 = 0x5451;
@@ -75,7 +76,7 @@ impl Vepc {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
-        let _guard = crate::model::epc::lock(&self.fault_lock);
+        let _guard = crate::sync::lock(&self.fault_lock);
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }

@@ -47,6 +47,12 @@ impl Epc {
     /// enclave is already initialized or another leaf holds either page.
     pub fn eadd(&self, page: EpcPage, secs: EpcPage, ty: AddType) -> Result<(), EnclsError> {
         self.claim_invalid(page)?;
+        // The target is uninitialized, so as the SECS operand it is no SECS. (Locking it
+        // again would meet this very leaf's own lock and fault as a conflict.)
+        if secs == page {
+            self.unlock(page, Entry::INVALID);
+            return Err(EnclsError::PF);
+        }
         let s = match self.lock_secs(secs) {
             Ok(s) => s,
             Err(e) => {

@@ -16,13 +16,12 @@
 //! for anything and there is no lock order to get wrong. (EEXIT is the exception: it
 //! is the thread's own way out and waits for the SECS, which is held only briefly.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::epcm::{Entry, EpcPage, PageType};
 use super::pool::FreePool;
 use crate::abi::{EnclsError, PAGE_SIZE};
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// Physical address the model gives the first EPC section (as firmware would report in
 /// CPUID leaf 0x12); the sections follow each other from there.
@@ -81,12 +80,6 @@ impl Section {
     fn pool(&self) -> MutexGuard<'_, FreePool> {
         lock(&self.pool)
     }
-}
-
-/// Takes a mutex even if a panicking thread poisoned it: every structure the model
-/// guards stays consistent between statements, so the data is still good.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The Enclave Page Cache with its EPCM.
@@ -294,7 +287,7 @@ impl Epc {
                 Err(EnclsError::GP) => {
                     spins += 1;
                     if spins.is_multiple_of(64) {
-                        std::thread::yield_now();
+                        crate::sync::yield_now();
                     } else {
                         std::hint::spin_loop();
                     }

@@ -1,0 +1,25 @@
+//! The synchronization the model uses, from std, or from shuttle when the `shuttle`
+//! feature explores thread schedules (`tests/concurrency.rs`). Arc and Weak are std's
+//! either way, so the public API does not change.
+
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::{Mutex, MutexGuard, RwLock};
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::thread::yield_now;
+
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::{Mutex, MutexGuard, RwLock};
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::thread::yield_now;
+
+use std::sync::PoisonError;
+
+/// Takes a mutex even if a panicking thread poisoned it: every structure the model
+/// guards stays consistent between statements, so the data is still good.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

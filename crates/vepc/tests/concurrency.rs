@@ -1,0 +1,255 @@
+//! Thread schedules explored with shuttle: the model's atomics and locks become
+//! shuttle's (`--features shuttle`), and each test runs 1,000 random and 1,000 PCT
+//! schedules.
+//!
+//! `cargo test -p vepc --features shuttle --test concurrency`
+//!
+//! Each test asserts that nothing panics or deadlocks, that every answer is one the
+//! kernel could give, that nothing leaks, and that serial retries afterwards reach a
+//! fully uninitialized EPC; and that the conflict it is about really happened in some
+//! schedules, since a test that never sees it proves nothing.
+#![cfg(feature = "shuttle")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use vepc::abi::{EnclsError, Errno, KernelVersion};
+use vepc::driver::{Device, Mapping, Sharing, VepcFile};
+use vepc::model::{AddType, Epc, EpcPage};
+
+const SCHEDULES: usize = 1000;
+
+struct Guest {
+    dev: Arc<Device>,
+    g: (VepcFile, Mapping),
+    h: (VepcFile, Mapping),
+}
+
+impl Guest {
+    /// Two instances of 8 pages. Enclave E: SECS G0, children G1 (TCS), H0, H1.
+    /// Enclave F: SECS H2, children G2, H3. Both initialized.
+    fn new() -> Self {
+        let dev = Device::new(Epc::new(&[16 * 4096]).expect("EPC"), KernelVersion::DEFAULT);
+        let open = || {
+            let f = dev.open().expect("open");
+            let m = f.mmap(8 * 4096, Sharing::Shared, 0).expect("mmap");
+            (f, m)
+        };
+        let (g, h) = (open(), open());
+        let epc = dev.epc();
+        let at = |m: &Mapping, i| m.touch(i).expect("touch");
+        let e = at(&g.1, 0);
+        epc.ecreate(e).expect("ecreate");
+        epc.eadd(at(&g.1, 1), e, AddType::Tcs).expect("eadd");
+        epc.eadd(at(&h.1, 0), e, AddType::Reg).expect("eadd");
+        epc.eadd(at(&h.1, 1), e, AddType::Reg).expect("eadd");
+        let f = at(&h.1, 2);
+        epc.ecreate(f).expect("ecreate");
+        epc.eadd(at(&g.1, 2), f, AddType::Tcs).expect("eadd");
+        epc.eadd(at(&h.1, 3), f, AddType::Reg).expect("eadd");
+        epc.einit(e).expect("einit");
+        epc.einit(f).expect("einit");
+        Self { dev, g, h }
+    }
+
+    fn tcs(&self) -> EpcPage {
+        self.g.1.backing(1).expect("G1 is backed")
+    }
+
+    /// Serial rounds until both instances answer 0: at most three.
+    fn settle(&self) {
+        for _ in 0..3 {
+            if [self.g.0.remove_all(), self.h.0.remove_all()] == [Ok(0), Ok(0)] {
+                let all = self
+                    .g
+                    .0
+                    .vepc()
+                    .pages()
+                    .into_iter()
+                    .chain(self.h.0.vepc().pages());
+                for (_, p) in all {
+                    assert!(!self.dev.epc().entry(p).valid(), "page {p:?} still valid");
+                }
+                return;
+            }
+        }
+        panic!("serial retries did not converge");
+    }
+}
+
+fn legit_remove_all(answer: Result<u64, Errno>, secs_in_instance: u64) {
+    match answer {
+        Ok(n) => assert!(
+            n <= secs_in_instance,
+            "{n} SECS left, only {secs_in_instance} exist"
+        ),
+        Err(e) => assert_eq!(e, Errno::EBUSY, "REMOVE_ALL can only fail with EBUSY here"),
+    }
+}
+
+/// Runs `SCHEDULES` random schedules (a thread switch can come at every step) and
+/// `SCHEDULES` PCT schedules (a few preemptions: threads also run apart), and returns
+/// how often `seen` was bumped.
+fn explore(f: impl Fn(&AtomicUsize) + Send + Sync + 'static) -> usize {
+    let seen = Arc::new(AtomicUsize::new(0));
+    let f = Arc::new(f);
+    // The model's check and its maps want more than shuttle's default 60 KiB stacks.
+    let config = || {
+        let mut c = shuttle::Config::new();
+        c.stack_size = 1 << 20;
+        c
+    };
+    let (s, g) = (Arc::clone(&seen), Arc::clone(&f));
+    let random = shuttle::scheduler::RandomScheduler::new(SCHEDULES);
+    shuttle::Runner::new(random, config()).run(move || g(&s));
+    let (s, g) = (Arc::clone(&seen), Arc::clone(&f));
+    let pct = shuttle::scheduler::PctScheduler::new(3, SCHEDULES);
+    shuttle::Runner::new(pct, config()).run(move || g(&s));
+    seen.load(Ordering::Relaxed)
+}
+
+static CLEAN: AtomicUsize = AtomicUsize::new(0);
+
+#[test]
+fn concurrent_remove_all_on_instances_sharing_secs() {
+    let conflicts = explore(|seen| {
+        let guest = Arc::new(Guest::new());
+        let (a, b) = (Arc::clone(&guest), Arc::clone(&guest));
+        let t1 = shuttle::thread::spawn(move || a.g.0.remove_all());
+        let t2 = shuttle::thread::spawn(move || b.h.0.remove_all());
+        let (ra, rb) = (t1.join().expect("no panic"), t2.join().expect("no panic"));
+        legit_remove_all(ra, 1);
+        legit_remove_all(rb, 1);
+        if ra.is_err() || rb.is_err() {
+            seen.fetch_add(1, Ordering::Relaxed);
+        } else {
+            CLEAN.fetch_add(1, Ordering::Relaxed);
+        }
+        guest.settle();
+        guest.dev.check().expect("consistent");
+        assert!(
+            guest.dev.warnings().is_empty(),
+            "REMOVE_ALL never warns on #GP"
+        );
+    });
+    let clean = CLEAN.load(Ordering::Relaxed);
+    let n = 2 * SCHEDULES;
+    eprintln!("REMOVE_ALL vs REMOVE_ALL: {conflicts} of {n} schedules conflicted, {clean} did not");
+    assert!(
+        conflicts > 0,
+        "no schedule produced the #GP conflict (EBUSY)"
+    );
+    assert!(
+        clean > 0,
+        "every schedule conflicted: the exploration never ran them apart"
+    );
+}
+
+#[test]
+fn remove_all_beside_release_of_the_other_instance() {
+    let conflicts = explore(|seen| {
+        let guest = Guest::new();
+        let Guest { dev, g, h } = guest;
+        let (g_file, g_map) = g;
+        let t1 = shuttle::thread::spawn(move || {
+            let r = g_file.remove_all();
+            (r, g_file, g_map)
+        });
+        let t2 = shuttle::thread::spawn(move || drop(h));
+        let (r, g_file, g_map) = t1.join().expect("no panic");
+        t2.join().expect("no panic");
+        legit_remove_all(r, 1);
+        // A release that meets REMOVE_ALL gets #GP, which the kernel warns about and
+        // turns into a zombie (sgx.rst: "harmless, but must be retried").
+        if r.is_err() || !dev.warnings().is_empty() {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+        dev.check().expect("consistent after the race");
+        for _ in 0..3 {
+            if g_file.remove_all() == Ok(0) {
+                break;
+            }
+        }
+        drop((g_file, g_map));
+        for _ in 0..3 {
+            drop(dev.open().expect("open")); // any release retries the zombies
+        }
+        let stats = dev.stats();
+        assert_eq!(
+            (stats.used, stats.zombie),
+            (0, 0),
+            "everything freed: {stats}"
+        );
+        dev.check().expect("consistent");
+    });
+    assert!(
+        conflicts > 0,
+        "no schedule produced a conflict between REMOVE_ALL and release"
+    );
+    let n = 2 * SCHEDULES;
+    eprintln!("REMOVE_ALL vs release: {conflicts} of {n} schedules conflicted");
+}
+
+#[test]
+fn remove_all_beside_faults_of_the_same_instance() {
+    let raced = explore(|seen| {
+        let guest = Arc::new(Guest::new());
+        let a = Arc::clone(&guest);
+        let b = Arc::clone(&guest);
+        let t1 = shuttle::thread::spawn(move || a.g.0.remove_all());
+        let t2 = shuttle::thread::spawn(move || {
+            (4..8)
+                .map(|i| b.g.1.touch(i).is_ok())
+                .filter(|&ok| ok)
+                .count()
+        });
+        let r = t1.join().expect("no panic");
+        let faulted = t2.join().expect("no panic");
+        assert_eq!(faulted, 4, "faults beside REMOVE_ALL still succeed");
+        legit_remove_all(r, 1);
+        assert_eq!(guest.g.0.vepc().present_pages(), 7);
+        if r.is_ok() {
+            seen.fetch_add(1, Ordering::Relaxed);
+        }
+        guest.dev.check().expect("consistent");
+        guest.settle();
+    });
+    assert!(raced > 0, "REMOVE_ALL never completed beside faults");
+}
+
+#[test]
+fn remove_all_beside_eenter() {
+    let gp = explore(|seen| {
+        let guest = Arc::new(Guest::new());
+        let tcs = guest.tcs();
+        let a = Arc::clone(&guest);
+        let b = Arc::clone(&guest);
+        let t1 = shuttle::thread::spawn(move || a.g.0.remove_all());
+        let t2 = shuttle::thread::spawn(move || b.dev.epc().eenter(tcs));
+        let r = t1.join().expect("no panic");
+        let entered = t2.join().expect("no panic");
+        legit_remove_all(r, 1);
+        match entered {
+            // Inside before REMOVE_ALL reached the TCS: the walk must meet the thread.
+            Ok(()) => {
+                assert_eq!(
+                    r,
+                    Err(Errno::EBUSY),
+                    "a thread got in, yet REMOVE_ALL passed"
+                );
+                guest.dev.epc().eexit(tcs).expect("eexit");
+            }
+            // The enclave was being removed at that moment: no entry.
+            Err(EnclsError::GP) => {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            // The TCS was already gone.
+            Err(e) => assert_eq!(e, EnclsError::PF),
+        }
+        guest.settle();
+        guest.dev.check().expect("consistent");
+    });
+    assert!(gp > 0, "EENTER never met a removal in progress (#GP)");
+    let n = 2 * SCHEDULES;
+    eprintln!("REMOVE_ALL vs EENTER: {gp} of {n} schedules refused the entry with #GP");
+}

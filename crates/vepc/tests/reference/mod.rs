@@ -1,0 +1,465 @@
+//! A reference model of the EPC and `/dev/sgx_vepc`, for differential tests only.
+//!
+//! Written straight from SEMANTICS.md (and, for the leaves it does not cover, the
+//! SDM's checks), as plainly as possible: ordinary maps, one thread, nothing cached.
+//! A SECS's children and threads are counted afresh from the EPCM each time they are
+//! needed, so there is no counter to get wrong. It shares nothing with the model but
+//! the parsed script.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use vepc::script::{Command, Script};
+
+type Page = usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Secs,
+    Tcs,
+    Reg,
+    Va,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epcm {
+    Invalid,
+    Valid {
+        kind: Kind,
+        /// The enclave a TCS/REG page belongs to.
+        secs: Option<Page>,
+        /// SECS: EINIT done.
+        initialized: bool,
+        /// TCS: a thread is inside through it.
+        busy: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Instance {
+    /// page index → EPC page
+    pages: BTreeMap<u64, Page>,
+    /// the lengths (in pages) of its mappings, all at offset 0
+    maps: Vec<u64>,
+}
+
+/// The reference device and the process using it.
+#[derive(Debug)]
+pub struct Reference {
+    epcm: Vec<Epcm>,
+    free: BTreeSet<Page>,
+    zombies: Vec<Page>,
+    kernel: (u16, u16),
+    fds: Vec<Option<Instance>>,
+    names: HashMap<String, usize>,
+    enclaves: HashMap<String, (usize, u64)>,
+}
+
+const PAGE: u64 = 4096;
+const REMOVE_ALL: u32 = 0xA404;
+
+impl Reference {
+    pub fn new(script: &Script) -> Self {
+        let pages: u64 = script.epc.iter().map(|b| b / PAGE).sum();
+        let pages = pages as usize;
+        Self {
+            epcm: vec![Epcm::Invalid; pages],
+            free: (0..pages).collect(),
+            zombies: Vec::new(),
+            kernel: (script.kernel.major, script.kernel.minor),
+            fds: Vec::new(),
+            names: HashMap::new(),
+            enclaves: HashMap::new(),
+        }
+    }
+
+    /// Every command's result, as SCRIPT.md spells it (expect lines excluded).
+    pub fn run(script: &Script) -> Vec<(usize, String)> {
+        let mut r = Self::new(script);
+        script
+            .steps
+            .iter()
+            .filter(|s| !matches!(s.command, Command::Expect(_)))
+            .map(|s| (s.line, r.step(&s.command)))
+            .collect()
+    }
+
+    fn step(&mut self, c: &Command) -> String {
+        match c {
+            Command::Epc(_) | Command::Kernel(_) | Command::Expect(_) => "ok".into(),
+            Command::Open(name) => {
+                let ok = self.kernel >= (5, 13);
+                self.fds.push(ok.then(Instance::default));
+                self.names.insert(name.clone(), self.fds.len() - 1);
+                if ok { "ok".into() } else { "ENOENT".into() }
+            }
+            Command::Mmap { fd, size, private } => {
+                let slot = self.names[fd];
+                let Some(inst) = self.fds[slot].as_mut() else {
+                    return "EBADF".into();
+                };
+                if *size == 0 {
+                    return "EINVAL".into();
+                }
+                let Some(rounded) = size.checked_add(PAGE - 1) else {
+                    return "ENOMEM".into();
+                };
+                if *private {
+                    return "EINVAL".into();
+                }
+                inst.maps.push(rounded / PAGE);
+                "ok".into()
+            }
+            Command::Touch { fd, page } => match self.access(self.names[fd], *page) {
+                Ok(_) => "ok".into(),
+                Err(s) => s,
+            },
+            Command::Ecreate { fd, page, encl } => {
+                let slot = self.names[fd];
+                self.enclaves.insert(encl.clone(), (slot, *page));
+                self.leaf(slot, *page, |r, p| r.ecreate(p))
+            }
+            Command::Eadd { fd, page, encl, ty } => {
+                let kind = match ty {
+                    vepc::model::AddType::Reg => Kind::Reg,
+                    vepc::model::AddType::Tcs => Kind::Tcs,
+                };
+                let target = match self.access(self.names[fd], *page) {
+                    Ok(p) => p,
+                    Err(s) => return s,
+                };
+                let (es, ep) = self.enclaves[encl];
+                match self.access(es, ep) {
+                    Ok(secs) => self.eadd(target, secs, kind),
+                    Err(s) => s,
+                }
+            }
+            Command::Epa { fd, page } => self.leaf(self.names[fd], *page, |r, p| r.epa(p)),
+            Command::Einit { encl } => {
+                let (s, p) = self.enclaves[encl];
+                self.leaf(s, p, |r, p| r.einit(p))
+            }
+            Command::Eenter { fd, page, .. } => {
+                self.leaf(self.names[fd], *page, |r, p| r.eenter(p))
+            }
+            Command::Eexit { fd, page, .. } => self.leaf(self.names[fd], *page, |r, p| r.eexit(p)),
+            Command::Eremove { fd, page } => self.leaf(self.names[fd], *page, |r, p| {
+                r.eremove(p).unwrap_or_else(|e| e)
+            }),
+            Command::Ioctl { fd, request, arg } => {
+                let slot = self.names[fd];
+                if self.fds[slot].is_none() {
+                    return "EBADF".into();
+                }
+                match self.ioctl(slot, *request as u32, *arg) {
+                    Ok(n) => n.to_string(),
+                    Err(e) => e.into(),
+                }
+            }
+            Command::Close(fd) => {
+                let slot = self.names[fd];
+                match self.fds[slot].take() {
+                    None => "EBADF".into(),
+                    Some(inst) => {
+                        self.release(inst);
+                        "ok".into()
+                    }
+                }
+            }
+            Command::Reset(names) => self.reset(names),
+            Command::Stats => {
+                let free = self.free.len();
+                let zombie = self.zombies.len();
+                let used = self.epcm.len() - free - zombie;
+                format!("free={free} used={used} zombie={zombie}")
+            }
+        }
+    }
+
+    /// The guest touches `page` of the FD's mappings: SIGSEGV outside them, else the
+    /// fault (SIGBUS when no EPC page is free).
+    fn access(&mut self, slot: usize, page: u64) -> Result<Page, String> {
+        let Some(inst) = self.fds.get_mut(slot).and_then(|f| f.as_mut()) else {
+            return Err("SIGSEGV".into());
+        };
+        if !inst.maps.iter().any(|&len| page < len) {
+            return Err("SIGSEGV".into());
+        }
+        if let Some(&p) = inst.pages.get(&page) {
+            return Ok(p);
+        }
+        let Some(p) = self.free.pop_first() else {
+            return Err("SIGBUS".into());
+        };
+        inst.pages.insert(page, p);
+        Ok(p)
+    }
+
+    fn leaf(
+        &mut self,
+        slot: usize,
+        page: u64,
+        f: impl FnOnce(&mut Self, Page) -> String,
+    ) -> String {
+        match self.access(slot, page) {
+            Ok(p) => f(self, p),
+            Err(s) => s,
+        }
+    }
+
+    fn children(&self, secs: Page) -> usize {
+        self.epcm
+            .iter()
+            .filter(|e| matches!(e, Epcm::Valid { secs: Some(s), .. } if *s == secs))
+            .count()
+    }
+
+    fn threads(&self, secs: Page) -> usize {
+        self.epcm
+            .iter()
+            .filter(|e| {
+                matches!(e, Epcm::Valid { kind: Kind::Tcs, secs: Some(s), busy: true, .. } if *s == secs)
+            })
+            .count()
+    }
+
+    fn is_secs(&self, p: Page) -> bool {
+        matches!(
+            self.epcm[p],
+            Epcm::Valid {
+                kind: Kind::Secs,
+                ..
+            }
+        )
+    }
+
+    fn valid(kind: Kind, secs: Option<Page>) -> Epcm {
+        Epcm::Valid {
+            kind,
+            secs,
+            initialized: false,
+            busy: false,
+        }
+    }
+
+    fn ecreate(&mut self, p: Page) -> String {
+        if self.epcm[p] != Epcm::Invalid {
+            return "#PF".into();
+        }
+        self.epcm[p] = Self::valid(Kind::Secs, None);
+        "ok".into()
+    }
+
+    fn epa(&mut self, p: Page) -> String {
+        if self.epcm[p] != Epcm::Invalid {
+            return "#PF".into();
+        }
+        self.epcm[p] = Self::valid(Kind::Va, None);
+        "ok".into()
+    }
+
+    fn eadd(&mut self, p: Page, secs: Page, kind: Kind) -> String {
+        if self.epcm[p] != Epcm::Invalid || !self.is_secs(secs) {
+            return "#PF".into();
+        }
+        if let Epcm::Valid {
+            initialized: true, ..
+        } = self.epcm[secs]
+        {
+            return "#GP".into();
+        }
+        self.epcm[p] = Self::valid(kind, Some(secs));
+        "ok".into()
+    }
+
+    fn einit(&mut self, p: Page) -> String {
+        match &mut self.epcm[p] {
+            Epcm::Valid {
+                kind: Kind::Secs,
+                initialized,
+                ..
+            } => {
+                if *initialized {
+                    return "#GP".into();
+                }
+                *initialized = true;
+                "ok".into()
+            }
+            _ => "#PF".into(),
+        }
+    }
+
+    fn eenter(&mut self, p: Page) -> String {
+        let Epcm::Valid {
+            kind: Kind::Tcs,
+            secs: Some(s),
+            busy,
+            ..
+        } = self.epcm[p]
+        else {
+            return "#PF".into();
+        };
+        let Epcm::Valid { initialized, .. } = self.epcm[s] else {
+            return "#PF".into();
+        };
+        if !initialized || busy {
+            return "#GP".into();
+        }
+        if let Epcm::Valid { busy, .. } = &mut self.epcm[p] {
+            *busy = true;
+        }
+        "ok".into()
+    }
+
+    fn eexit(&mut self, p: Page) -> String {
+        match &mut self.epcm[p] {
+            Epcm::Valid {
+                kind: Kind::Tcs,
+                busy,
+                ..
+            } if *busy => {
+                *busy = false;
+                "ok".into()
+            }
+            _ => "#UD".into(),
+        }
+    }
+
+    /// SEMANTICS.md §3, one thread: rule 2 (a concurrent leaf) cannot happen here.
+    fn eremove(&mut self, p: Page) -> Result<String, String> {
+        match self.epcm[p] {
+            Epcm::Invalid => Ok("ok".into()),
+            Epcm::Valid { kind: Kind::Va, .. } => {
+                self.epcm[p] = Epcm::Invalid;
+                Ok("ok".into())
+            }
+            Epcm::Valid {
+                kind: Kind::Secs, ..
+            } => {
+                if self.children(p) > 0 {
+                    return Err("SGX_CHILD_PRESENT".into());
+                }
+                self.epcm[p] = Epcm::Invalid;
+                Ok("ok".into())
+            }
+            Epcm::Valid { secs, .. } => {
+                let secs = secs.expect("a child has a SECS");
+                if self.threads(secs) > 0 {
+                    return Err("SGX_ENCLAVE_ACT".into());
+                }
+                self.epcm[p] = Epcm::Invalid;
+                Ok("ok".into())
+            }
+        }
+    }
+
+    fn ioctl(&mut self, slot: usize, request: u32, arg: u64) -> Result<u64, &'static str> {
+        if request == 0x5450 || request == 0x5451 {
+            return Ok(0);
+        }
+        if self.kernel < (5, 16) || request != REMOVE_ALL {
+            return Err("ENOTTY");
+        }
+        if arg != 0 {
+            return Err("EINVAL");
+        }
+        self.remove_all(slot)
+    }
+
+    /// SEMANTICS.md §2 REMOVE_ALL.
+    fn remove_all(&mut self, slot: usize) -> Result<u64, &'static str> {
+        let pages: Vec<Page> = self.fds[slot]
+            .as_ref()
+            .map(|i| i.pages.values().copied().collect())
+            .unwrap_or_default();
+        let mut failures = 0;
+        for p in pages {
+            match self.eremove(p) {
+                Ok(_) => {}
+                Err(e) if e == "SGX_CHILD_PRESENT" => failures += 1,
+                Err(_) => return Err("EBUSY"),
+            }
+        }
+        Ok(failures)
+    }
+
+    /// SEMANTICS.md §2 release.
+    fn release(&mut self, inst: Instance) {
+        let mut left = Vec::new();
+        for (_, p) in inst.pages {
+            if self.eremove(p).is_ok() {
+                self.free.insert(p);
+            } else {
+                left.push(p);
+            }
+        }
+        let mut secs_pages = Vec::new();
+        for p in left {
+            if self.eremove(p).is_ok() {
+                self.free.insert(p);
+            } else {
+                secs_pages.push(p);
+            }
+        }
+        for z in std::mem::take(&mut self.zombies) {
+            if self.eremove(z).is_ok() {
+                self.free.insert(z);
+            } else {
+                secs_pages.push(z);
+            }
+        }
+        self.zombies = secs_pages;
+    }
+
+    /// SEMANTICS.md §4: round 1, round 2, EBUSY retried three times (no vCPU to stop
+    /// in a script), ENOTTY → recreate every instance in place.
+    fn reset(&mut self, names: &[String]) -> String {
+        let mut slots = Vec::new();
+        for n in names {
+            let s = self.names[n];
+            if self.fds[s].is_none() {
+                return "EBADF".into();
+            }
+            if !slots.contains(&s) {
+                slots.push(s);
+            }
+        }
+        let call = |r: &mut Self, s: usize| {
+            let mut answer = r.ioctl(s, REMOVE_ALL, 0);
+            for _ in 0..3 {
+                if answer != Err("EBUSY") {
+                    break;
+                }
+                answer = r.ioctl(s, REMOVE_ALL, 0);
+            }
+            answer
+        };
+        let mut round1 = Vec::new();
+        for &s in &slots {
+            match call(self, s) {
+                Ok(n) => round1.push(n),
+                Err("ENOTTY") => {
+                    for &s in &slots {
+                        let old = self.fds[s].take().expect("checked above");
+                        self.fds[s] = Some(Instance {
+                            pages: BTreeMap::new(),
+                            maps: old.maps.clone(),
+                        });
+                        self.release(old);
+                    }
+                    return "ok".into();
+                }
+                Err(e) => return e.into(),
+            }
+        }
+        for (&s, n) in slots.iter().zip(round1) {
+            if n != 0 {
+                match call(self, s) {
+                    Ok(0) => {}
+                    Ok(_) => return "SECS_LEFT".into(),
+                    Err(e) => return e.into(),
+                }
+            }
+        }
+        "ok".into()
+    }
+}
