@@ -1,5 +1,6 @@
 //! `vepc`: the scenario runner, the demo, and (later) the host tools.
 
+mod bench;
 mod demo;
 mod probe;
 mod selftest;
@@ -23,6 +24,8 @@ enum Cmd {
     Sim(sim::Args),
     /// A guest reboot on the built-in model, told step by step.
     Demo(demo::Args),
+    /// A guest's whole EPC life at server scale: populate, reset, release.
+    Bench(bench::Args),
     /// Can this host run SGX guests with reboot support? (exit 0 yes, 1 no)
     Probe(probe::Args),
     /// On an SGX host: open, map, populate, REMOVE_ALL, close (exit 77: no device).
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Sim(args) => sim::main(&args),
         Cmd::Demo(args) => demo::main(&args),
+        Cmd::Bench(args) => bench::main(&args),
         Cmd::Probe(args) => probe::main(&args),
         Cmd::Selftest(args) => selftest::main(&args),
     }

@@ -184,3 +184,67 @@ fn selftest_without_a_device_exits_77_with_a_clear_message() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o.stderr).contains("mmap"));
 }
+
+#[test]
+fn bench_json_ends_with_the_promised_object() {
+    let o = vepc(&["bench", "--sections", "16M,8M", "--json"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let last = out.lines().last().expect("output");
+    let v: serde_json::Value = serde_json::from_str(last).expect("last line is JSON");
+    assert_eq!(v["epc_pages"], 6144);
+    assert_eq!(v["populated_pages"], 6144);
+    for key in ["total_wall_s", "model_bytes_per_page", "peak_rss_bytes"] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x > 0.0),
+            "{key}: {}",
+            v[key]
+        );
+    }
+    assert!(
+        v["model_bytes_per_page"]
+            .as_f64()
+            .is_some_and(|b| b <= 16.0)
+    );
+    let phases = v["phases"].as_array().expect("phases");
+    let names: Vec<_> = phases
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names, ["epc", "fault_in", "build", "reset", "release"]);
+    for p in phases {
+        for key in ["pages", "wall_s", "pages_per_s"] {
+            assert!(p[key].is_number(), "{key} in {p}");
+        }
+    }
+    let reset = &phases[3];
+    assert!(reset["hardware_s"].as_f64().is_some_and(|h| h > 0.0));
+}
+
+#[test]
+fn bench_can_populate_a_few_pages_of_a_large_epc() {
+    let o = vepc(
+        &["bench", "--sections", "1G", "--populate", "1000", "--json"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap_or_default()).expect("JSON");
+    assert_eq!(
+        (v["epc_pages"].as_u64(), v["populated_pages"].as_u64()),
+        (Some(262_144), Some(1000))
+    );
+}
+
+#[test]
+fn bench_rejects_bad_sections_with_one_line() {
+    for bad in ["0", "12X", "4097", "16T,16T"] {
+        let o = vepc(&["bench", "--sections", bad], None);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let err = text(&o.stderr);
+        assert!(
+            err.starts_with("vepc bench: --sections") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}

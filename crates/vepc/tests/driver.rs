@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use vepc::abi::{Errno, KernelVersion, Signal};
+use vepc::abi::{EnclsError, Errno, KernelVersion, Signal};
 use vepc::driver::{Device, Sharing};
 use vepc::model::{AddType, Epc};
 
@@ -148,4 +148,87 @@ fn ebusy_is_the_only_answer_to_enclave_act_and_gp() {
     assert_eq!(file.remove_all(), Err(Errno::EBUSY));
     epc.eexit(tcs).expect("eexit");
     assert_eq!(file.remove_all(), Ok(0));
+}
+
+#[test]
+fn populate_is_the_same_as_touching_every_page_in_order() {
+    for (epc_pages, map_pages) in [(64, 40), (64, 64), (64, 100), (1300, 1200)] {
+        let one = device(epc_pages);
+        let bulk = device(epc_pages);
+        let (f1, f2) = (one.open().expect("open"), bulk.open().expect("open"));
+        let m1 = f1.mmap(map_pages * 4096, Sharing::Shared, 0).expect("mmap");
+        let m2 = f2.mmap(map_pages * 4096, Sharing::Shared, 0).expect("mmap");
+        m1.touch(3).expect("touch");
+        m2.touch(3).expect("touch");
+        let first_sigbus = (0..map_pages).find(|&i| m1.touch(i).is_err());
+        let bulk_result = m2.populate();
+        assert_eq!(bulk_result.is_err(), first_sigbus.is_some());
+        assert_eq!(
+            one.stats(),
+            bulk.stats(),
+            "{epc_pages} EPC pages, {map_pages} mapped"
+        );
+        assert_eq!(f1.vepc().present_pages(), f2.vepc().present_pages());
+        let indices = |f: &vepc::driver::VepcFile| -> Vec<u64> {
+            f.vepc().pages().into_iter().map(|(i, _)| i).collect()
+        };
+        assert_eq!(indices(&f1), indices(&f2), "the same indices got pages");
+        bulk.check().expect("consistent");
+    }
+}
+
+#[test]
+fn eadd_batch_answers_as_one_eadd_per_page() {
+    let dev = device(32);
+    let epc = dev.epc();
+    let file = dev.open().expect("open");
+    let map = file.mmap(32 * 4096, Sharing::Shared, 0).expect("mmap");
+    map.populate().expect("populate");
+    let p = |i| map.backing(i).expect("backed");
+    epc.ecreate(p(0)).expect("ecreate");
+    let run: Vec<_> = (1..10).map(p).collect();
+    assert_eq!(epc.eadd_batch(&run, p(0), AddType::Reg), Ok(()));
+    assert_eq!(epc.entry(p(0)).children(), 9);
+    // A valid page in the middle stops the run there, with EADD's own answer.
+    epc.epa(p(12)).expect("epa");
+    let run: Vec<_> = (10..16).map(p).collect();
+    assert_eq!(
+        epc.eadd_batch(&run, p(0), AddType::Reg),
+        Err((2, EnclsError::PF))
+    );
+    assert_eq!(
+        epc.entry(p(0)).children(),
+        11,
+        "the two before it were added"
+    );
+    // The SECS as a target of its own run, and an initialized enclave.
+    assert_eq!(
+        epc.eadd_batch(&[p(20), p(0)], p(0), AddType::Reg),
+        Err((1, EnclsError::PF))
+    );
+    epc.einit(p(0)).expect("einit");
+    assert_eq!(
+        epc.eadd_batch(&[p(21)], p(0), AddType::Tcs),
+        Err((0, EnclsError::GP))
+    );
+    dev.check().expect("consistent");
+}
+
+#[test]
+fn a_huge_sparse_mapping_costs_memory_by_the_pages_touched() {
+    let dev = device(256);
+    let file = dev.open().expect("open");
+    let map = file
+        .mmap(1 << 40, Sharing::Shared, 0)
+        .expect("1 TiB mapping");
+    let empty = file.vepc().heap_bytes();
+    for i in 0..100u64 {
+        map.touch(i * 2_684_354).expect("touch"); // spread over the whole terabyte
+    }
+    let per_touched = (file.vepc().heap_bytes() - empty) / 100;
+    // One 2 KiB chunk (512 entries of 4 bytes) and its bookkeeping per isolated page.
+    assert!(
+        per_touched <= 2048 + 64,
+        "{per_touched} bytes per touched page"
+    );
 }

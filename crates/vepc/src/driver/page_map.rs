@@ -50,16 +50,7 @@ impl PageMap {
     /// Puts `page` at an empty `index`. Callers serialize inserts (the fault lock).
     pub(crate) fn insert(&self, index: u64, page: EpcPage) {
         let (key, slot) = split(index);
-        let chunk = match self.chunk(key) {
-            Some(c) => c,
-            None => {
-                let mut map = self.chunks.write().unwrap_or_else(PoisonError::into_inner);
-                Arc::clone(
-                    map.entry(key)
-                        .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU32::new(0)))),
-                )
-            }
-        };
+        let chunk = self.chunk_or_insert(key);
         debug_assert_eq!(
             chunk[slot].load(Ordering::Relaxed),
             0,
@@ -67,6 +58,49 @@ impl PageMap {
         );
         chunk[slot].store(page.0 + 1, Ordering::Release);
         self.present.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives every empty index in `start..start + count` a page from `next`, in index
+    /// order, a chunk at a time; stops early when `next` runs dry and returns the first
+    /// index left empty. Callers serialize this with inserts (the fault lock).
+    pub(crate) fn fill(
+        &self,
+        start: u64,
+        count: u64,
+        mut next: impl FnMut() -> Option<EpcPage>,
+    ) -> Result<(), u64> {
+        let end = start.saturating_add(count);
+        let mut index = start;
+        while index < end {
+            let (key, first_slot) = split(index);
+            let chunk = self.chunk_or_insert(key);
+            let slots = (CHUNK - first_slot).min((end - index) as usize);
+            let mut added = 0;
+            for slot in &chunk[first_slot..first_slot + slots] {
+                if slot.load(Ordering::Relaxed) == 0 {
+                    let Some(page) = next() else {
+                        self.present.fetch_add(added, Ordering::Relaxed);
+                        return Err(index);
+                    };
+                    slot.store(page.0 + 1, Ordering::Release);
+                    added += 1;
+                }
+                index += 1;
+            }
+            self.present.fetch_add(added, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn chunk_or_insert(&self, key: u64) -> Arc<Chunk> {
+        if let Some(c) = self.chunk(key) {
+            return c;
+        }
+        let mut map = self.chunks.write().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(key)
+                .or_insert_with(|| Arc::new(std::array::from_fn(|_| AtomicU32::new(0)))),
+        )
     }
 
     /// Pages present.
@@ -78,9 +112,18 @@ impl PageMap {
     /// early when `f` says so. Takes the map's lock only to step from chunk to chunk.
     pub(crate) fn walk<B>(
         &self,
+        f: impl FnMut(u64, EpcPage) -> std::ops::ControlFlow<B>,
+    ) -> Option<B> {
+        self.walk_from(0, f)
+    }
+
+    /// [`walk`](Self::walk) from the chunk holding `start` on.
+    pub(crate) fn walk_from<B>(
+        &self,
+        start: u64,
         mut f: impl FnMut(u64, EpcPage) -> std::ops::ControlFlow<B>,
     ) -> Option<B> {
-        let mut next = 0u64;
+        let mut next = split(start).0;
         loop {
             let (key, chunk) = {
                 let map = self.chunks.read().unwrap_or_else(PoisonError::into_inner);

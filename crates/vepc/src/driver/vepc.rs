@@ -11,6 +11,9 @@ use crate::abi::{EnclsError, Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
 use crate::sync::Mutex;
 
+/// How many freed pages release hands back to the pools at once.
+const FREE_BATCH: usize = 4096;
+
 /// `FIOCLEX` and `FIONCLEX`: handled by the VFS before any driver sees them.
 const FIOCLEX: u32 = 0x5451;
 const FIONCLEX: u32 = 0x5450;
@@ -65,6 +68,20 @@ impl Vepc {
         v
     }
 
+    /// Calls `f(index, page)` for every page the instance holds in `range`, in index
+    /// order, a chunk of the map at a time.
+    pub fn each_page(&self, range: std::ops::Range<u64>, mut f: impl FnMut(u64, EpcPage)) {
+        self.pages.walk_from(range.start, |i, p| {
+            if i >= range.end {
+                return ControlFlow::Break(());
+            }
+            if i >= range.start {
+                f(i, p);
+            }
+            ControlFlow::Continue(())
+        });
+    }
+
     /// Model memory the instance holds, in bytes.
     pub fn heap_bytes(&self) -> usize {
         size_of::<Self>() + self.pages.heap_bytes()
@@ -83,6 +100,32 @@ impl Vepc {
         let p = self.device.epc().alloc_page().ok_or(Signal::Sigbus)?;
         self.pages.insert(index, p);
         Ok(p)
+    }
+
+    /// Faults in every index of `start..start + count` in order, as `MAP_POPULATE` or
+    /// a guest touching each page would: the same pages as that many
+    /// [`fault`](Self::fault) calls, taken from the pools in batches. Stops with
+    /// `SIGBUS` at the first index no free EPC page is left for.
+    pub fn populate(&self, start: u64, count: u64) -> Result<(), Signal> {
+        let _guard = crate::sync::lock(&self.fault_lock);
+        let epc = self.device.epc();
+        let mut batch: Vec<EpcPage> = Vec::with_capacity(4096);
+        let mut at = 0;
+        self.pages
+            .fill(start, count, || {
+                if at == batch.len() {
+                    batch.clear();
+                    at = 0;
+                    epc.alloc_pages(4096, &mut batch);
+                }
+                let p = batch.get(at).copied();
+                at += 1;
+                p
+            })
+            .map_err(|_| Signal::Sigbus)?;
+        // Pages taken for the batch but not needed go back.
+        epc.free_pages_batch(batch.get(at..).unwrap_or_default());
+        Ok(())
     }
 
     /// `sgx_vepc_remove_all`: EREMOVE every page in ascending index order. Counts the
@@ -138,15 +181,21 @@ impl Drop for Vepc {
 
         // Pass 1: every page EREMOVE accepts goes back to the free pool. SECS pages
         // fail here while their children are still to come in index order.
+        let mut freed = Vec::with_capacity(FREE_BATCH);
         let mut sweep = Sweep::new(epc);
         self.pages.retain(|_, page| {
             let removed = sweep.eremove(page).is_ok();
             if removed {
-                epc.free_page(page);
+                freed.push(page);
+                if freed.len() == FREE_BATCH {
+                    epc.free_pages_batch(&freed);
+                    freed.clear();
+                }
             }
             !removed
         });
         drop(sweep);
+        epc.free_pages_batch(&freed);
 
         // Pass 2: try the rest again (SECS pages whose children were all in this
         // instance go now); whatever still fails has children in another instance.
@@ -260,6 +309,11 @@ impl Mapping {
             return Err(Signal::Sigsegv);
         }
         self.vepc.fault(self.pgoff + page)
+    }
+
+    /// Faults in every page of the mapping, as `MAP_POPULATE` does.
+    pub fn populate(&self) -> Result<(), Signal> {
+        self.vepc.populate(self.pgoff, self.pages)
     }
 
     /// The EPC page behind the mapping's `page`-th page, without faulting it in.

@@ -70,6 +70,62 @@ impl Epc {
         Ok(())
     }
 
+    /// A run of EADDs into one enclave, as a guest loading it issues them: answers as
+    /// `eadd` would for each page in turn, stopping at the first failure (its position
+    /// and error). Holds the SECS across the run, as [`crate::model::Sweep`] does for
+    /// EREMOVE, so each page costs one compare-and-swap.
+    pub fn eadd_batch(
+        &self,
+        pages: &[EpcPage],
+        secs: EpcPage,
+        ty: AddType,
+    ) -> Result<(), (usize, EnclsError)> {
+        let Some(&first) = pages.first() else {
+            return Ok(());
+        };
+        // The first page goes through the one-page path, which orders its checks as
+        // EADD does; after it the SECS is known to be a valid, uninitialized SECS.
+        self.eadd(first, secs, ty).map_err(|e| (0, e))?;
+        let s = self.lock_secs(secs).map_err(|e| (1, e))?;
+        if s.initialized() {
+            self.unlock(secs, s);
+            return Err((1, EnclsError::GP));
+        }
+        let child = Entry::child(ty.into(), secs);
+        let mut added = 0u32;
+        let mut failed = None;
+        for (i, &p) in pages.iter().enumerate().skip(1) {
+            if p == secs || added == u32::MAX - s.children() {
+                failed = Some((
+                    i,
+                    if p == secs {
+                        EnclsError::PF
+                    } else {
+                        EnclsError::GP
+                    },
+                ));
+                break;
+            }
+            // Claim and fill in one step: only an uninitialized page nobody holds
+            // becomes our child (rule 1 of `epc`'s module comment).
+            if !self.cas(p, Entry::INVALID, child) {
+                let e = self.entry(p);
+                failed = Some((
+                    i,
+                    if e.in_use() {
+                        EnclsError::GP
+                    } else {
+                        EnclsError::PF
+                    },
+                ));
+                break;
+            }
+            added += 1;
+        }
+        self.unlock(secs, s.with_children(s.children() + added));
+        failed.map_or(Ok(()), Err)
+    }
+
     /// EINIT: the enclave is initialized and can be entered. The model checks no
     /// SIGSTRUCT or token. `#PF` if `secs` is not a SECS, `#GP` if already initialized.
     pub fn einit(&self, secs: EpcPage) -> Result<(), EnclsError> {

@@ -157,6 +157,43 @@ impl Epc {
         self.sections.iter().find_map(|s| s.pool().alloc())
     }
 
+    /// Takes up to `max` free pages into `out`, from the first sections that have
+    /// them: the same pages, in the same order, as `max` calls of
+    /// [`alloc_page`](Self::alloc_page), for one lock per section.
+    pub fn alloc_pages(&self, max: usize, out: &mut Vec<EpcPage>) {
+        let start = out.len();
+        for s in self.sections.iter() {
+            let got = out.len() - start;
+            if got == max {
+                break;
+            }
+            s.pool().alloc_batch(max - got, out);
+        }
+    }
+
+    /// Returns uninitialized pages to their pools, one lock per run of pages in the
+    /// same section.
+    pub fn free_pages_batch(&self, pages: &[EpcPage]) {
+        let mut rest = pages;
+        while let Some(&first) = rest.first() {
+            let Some(s) = self.section_of(first) else {
+                rest = &rest[1..];
+                continue;
+            };
+            let end = s.first + s.pages;
+            let run = rest
+                .iter()
+                .take_while(|p| p.0 >= s.first && p.0 < end)
+                .count();
+            let mut pool = s.pool();
+            for &p in &rest[..run] {
+                debug_assert!(!self.entry(p).valid(), "freeing a valid EPC page {p:?}");
+                pool.release(p);
+            }
+            rest = &rest[run..];
+        }
+    }
+
     /// Returns a page to its section's pool. The page must be uninitialized: the
     /// kernel frees an EPC page only after EREMOVE succeeded on it.
     pub fn free_page(&self, p: EpcPage) {
@@ -222,7 +259,7 @@ impl Epc {
         self.epcm[p.idx()].store(e.0, Ordering::Release);
     }
 
-    fn cas(&self, p: EpcPage, old: Entry, new: Entry) -> bool {
+    pub(crate) fn cas(&self, p: EpcPage, old: Entry, new: Entry) -> bool {
         self.epcm[p.idx()]
             .compare_exchange(old.0, new.0, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()

@@ -62,6 +62,33 @@ impl FreePool {
         None
     }
 
+    /// Takes up to `max` free pages into `out`, lowest first from the cursor on,
+    /// a whole bitmap word at a time where it can.
+    pub(crate) fn alloc_batch(&mut self, max: usize, out: &mut Vec<EpcPage>) {
+        let n = self.words.len();
+        let mut want = max.min(self.free as usize);
+        let mut step = 0;
+        while want > 0 && step < n {
+            let w = (self.cursor + step) % n;
+            let mut word = self.words[w];
+            while word != 0 && want > 0 {
+                let bit = word.trailing_zeros();
+                word &= word - 1;
+                out.push(EpcPage(self.first + (w as u32) * 64 + bit));
+                want -= 1;
+                self.free -= 1;
+            }
+            self.words[w] = word;
+            if word == 0 {
+                step += 1;
+            } else {
+                self.cursor = w;
+                return;
+            }
+        }
+        self.cursor = (self.cursor + step) % n.max(1);
+    }
+
     /// Returns a page taken by [`alloc`](Self::alloc).
     pub(crate) fn release(&mut self, p: EpcPage) {
         let i = (p.0 - self.first) as usize;

@@ -1,0 +1,400 @@
+//! `vepc bench`: a guest's whole EPC life at server scale, on the model.
+//!
+//! Builds an EPC with the given sections, opens one vEPC instance per section (as QEMU
+//! does per guest EPC section), populates every page as a guest would (enclaves of
+//! many sizes, one in eight with its SECS in the next section, VA pages), runs the
+//! reset protocol, and releases everything. Reports per phase the pages, wall time and
+//! pages per second; peak memory and model bytes per EPC page; and what the EREMOVEs
+//! would cost on hardware.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use vepc::abi::{KernelVersion, PAGE_SIZE};
+use vepc::driver::{Device, ModelInstance};
+use vepc::model::{AddType, Epc, EpcPage};
+use vepc::reset::{ResetOptions, Strategy, reset};
+use vepc::script::parse_size;
+
+use crate::out;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// EPC section sizes, comma-separated (SCRIPT.md SIZE syntax): 512G,512G is a
+    /// 2-socket server with 1 TiB of EPC.
+    #[arg(long, default_value = "64G,64G")]
+    sections: String,
+    /// Populate only this many pages in all (default: every page).
+    #[arg(long)]
+    populate: Option<u64>,
+    /// What one EREMOVE costs on hardware, in nanoseconds, for the estimate (the
+    /// kernel's report of about a minute for 128 GiB gives 1,800).
+    #[arg(long, default_value_t = 1800)]
+    eremove_ns: u64,
+    /// Run the reset's first round on all instances at once.
+    #[arg(long)]
+    parallel: bool,
+    /// One JSON object as the last line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Phase {
+    name: &'static str,
+    pages: u64,
+    wall_s: f64,
+    pages_per_s: f64,
+    /// EREMOVEs the phase ran, and what they would take on hardware.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eremoves: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hardware_s: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    sections: Vec<u64>,
+    epc_pages: u64,
+    populated_pages: u64,
+    total_wall_s: f64,
+    model_bytes: u64,
+    model_bytes_per_page: f64,
+    peak_rss_bytes: u64,
+    eremove_ns: u64,
+    hardware_s: f64,
+    phases: Vec<Phase>,
+}
+
+/// Enclave sizes the guest cycles through, in pages (SECS included).
+const ENCLAVE_SIZES: [u64; 6] = [8, 64, 512, 4096, 32_768, 262_144];
+/// One page in this many is a VA page.
+const VA_EVERY: u64 = 1024;
+/// Pages faulted in per progress tick.
+const TICK: u64 = 1 << 20;
+
+pub fn main(args: &Args) -> ExitCode {
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vepc bench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn phase(
+    name: &'static str,
+    pages: u64,
+    wall: Duration,
+    eremoves: Option<u64>,
+    cost: u64,
+) -> Phase {
+    let wall_s = wall.as_secs_f64();
+    Phase {
+        name,
+        pages,
+        wall_s,
+        pages_per_s: if wall_s > 0.0 {
+            pages as f64 / wall_s
+        } else {
+            0.0
+        },
+        eremoves,
+        hardware_s: eremoves.map(|n| n as f64 * cost as f64 * 1e-9),
+    }
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {human_pos}/{human_len} pages {per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let sections = args
+        .sections
+        .split(',')
+        .map(|s| parse_size(s.trim()).map_err(|e| format!("--sections: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let total = Instant::now();
+    let mut phases = Vec::new();
+
+    let t = Instant::now();
+    let epc = Epc::new(&sections).map_err(|e| format!("--sections: {e}"))?;
+    let device = Device::new(epc, KernelVersion::DEFAULT);
+    let epc_pages = u64::from(device.epc().pages());
+    phases.push(phase("epc", epc_pages, t.elapsed(), None, 0));
+
+    // One instance per section, mapped whole.
+    let mut guest: Vec<ModelInstance> = sections
+        .iter()
+        .map(|&bytes| ModelInstance::open(&device, bytes))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("open: {e}"))?;
+    let share = args
+        .populate
+        .map_or(u64::MAX, |n| n.div_ceil(guest.len() as u64));
+    let want: Vec<u64> = sections
+        .iter()
+        .map(|&b| (b / PAGE_SIZE).min(share))
+        .collect();
+    let populated: u64 = want.iter().sum();
+
+    // Fault-in: every guest section on its own vCPU thread.
+    let t = Instant::now();
+    let pb = bar(populated, "fault-in");
+    std::thread::scope(|s| {
+        for (inst, &n) in guest.iter().zip(&want) {
+            let pb = &pb;
+            s.spawn(move || {
+                let map = &inst.maps[0];
+                let mut at = 0;
+                while at < n {
+                    let step = TICK.min(n - at);
+                    let _ = map.vepc().populate(at, step);
+                    at += step;
+                    pb.inc(step);
+                }
+            });
+        }
+    });
+    pb.finish_and_clear();
+    phases.push(phase("fault_in", populated, t.elapsed(), None, 0));
+
+    // The guest builds its enclaves, one vCPU per section.
+    let t = Instant::now();
+    let pb = bar(populated, "build");
+    let plans = plan(&want);
+    std::thread::scope(|s| {
+        for (i, plan) in plans.iter().enumerate() {
+            let (guest, device, pb) = (&guest, &device, &pb);
+            s.spawn(move || build(device, guest, i, plan, pb));
+        }
+    });
+    pb.finish_and_clear();
+    phases.push(phase("build", populated, t.elapsed(), None, 0));
+
+    let model_bytes = device.heap_bytes() as u64;
+    let present: Vec<u64> = guest
+        .iter()
+        .map(|g| g.file.vepc().present_pages())
+        .collect();
+
+    let t = Instant::now();
+    let spinner = ProgressBar::new_spinner().with_message("reset");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let opts = ResetOptions {
+        strategy: if args.parallel {
+            Strategy::Parallel
+        } else {
+            Strategy::Serial
+        },
+        ..ResetOptions::default()
+    };
+    let report = reset(&mut guest, &opts, None).map_err(|e| format!("reset: {e}"))?;
+    spinner.finish_and_clear();
+    let eremoves: u64 = report.calls.iter().map(|c| present[c.instance]).sum();
+    phases.push(phase(
+        "reset",
+        populated,
+        t.elapsed(),
+        Some(eremoves),
+        args.eremove_ns,
+    ));
+    let mut valid = 0u64;
+    for g in &guest {
+        g.file.vepc().each_page(0..u64::MAX, |_, p| {
+            valid += u64::from(device.epc().entry(p).valid());
+        });
+    }
+    if valid != 0 {
+        return Err(format!("{valid} pages still valid after the reset"));
+    }
+
+    let t = Instant::now();
+    let spinner = ProgressBar::new_spinner().with_message("release");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    drop(guest);
+    spinner.finish_and_clear();
+    phases.push(phase(
+        "release",
+        populated,
+        t.elapsed(),
+        Some(populated),
+        args.eremove_ns,
+    ));
+    let stats = device.stats();
+    if stats.free != epc_pages {
+        return Err(format!("after release: {stats}; every page should be free"));
+    }
+
+    let report = Report {
+        sections,
+        epc_pages,
+        populated_pages: populated,
+        total_wall_s: total.elapsed().as_secs_f64(),
+        model_bytes,
+        model_bytes_per_page: model_bytes as f64 / epc_pages as f64,
+        peak_rss_bytes: peak_rss(),
+        eremove_ns: args.eremove_ns,
+        hardware_s: phases.iter().filter_map(|p| p.hardware_s).sum(),
+        phases,
+    };
+    print(&report, args.json);
+    Ok(())
+}
+
+/// One enclave: where its SECS goes and which pages are its children.
+struct Enclave {
+    /// Section and page index of the SECS.
+    secs: (usize, u64),
+    /// Page indices of the children, all in the planning section; the first is a TCS.
+    children: std::ops::Range<u64>,
+}
+
+/// Lays out each section: enclaves of cycling sizes with the SECS on their last page,
+/// except one in eight whose SECS goes to a page reserved at the end of the next
+/// section; a VA page every `VA_EVERY` pages.
+fn plan(pages: &[u64]) -> Vec<(Vec<Enclave>, Vec<u64>)> {
+    let n = pages.len();
+    // Pages at the end of each section reserved for SECS pages of spanning enclaves.
+    let reserved: Vec<u64> = pages.iter().map(|&p| (p / 8_192).min(p / 4)).collect();
+    let mut foreign_next = vec![0u64; n];
+    let mut plans = Vec::with_capacity(n);
+    for s in 0..n {
+        let usable = pages[s] - reserved[s];
+        let (mut enclaves, mut va) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        let mut k = 0usize;
+        while at < usable {
+            if at % VA_EVERY == 0 {
+                va.push(at);
+                at += 1;
+                continue;
+            }
+            let size = ENCLAVE_SIZES[k % ENCLAVE_SIZES.len()]
+                .min(usable - at)
+                .min(VA_EVERY - at % VA_EVERY);
+            k += 1;
+            let next = (s + 1) % n;
+            let spanning = n > 1 && k % 8 == 0 && foreign_next[next] < reserved[next];
+            if spanning {
+                let slot = pages[next] - reserved[next] + foreign_next[next];
+                foreign_next[next] += 1;
+                enclaves.push(Enclave {
+                    secs: (next, slot),
+                    children: at..at + size,
+                });
+            } else if size >= 2 {
+                enclaves.push(Enclave {
+                    secs: (s, at + size - 1),
+                    children: at..at + size - 1,
+                });
+            } else {
+                va.push(at);
+            }
+            at += size;
+        }
+        plans.push((enclaves, va));
+    }
+    plans
+}
+
+fn build(
+    device: &Arc<Device>,
+    guest: &[ModelInstance],
+    s: usize,
+    (enclaves, va): &(Vec<Enclave>, Vec<u64>),
+    pb: &ProgressBar,
+) {
+    let epc = device.epc();
+    let page = |inst: usize, i: u64| guest[inst].maps[0].backing(i);
+    let mut batch: Vec<EpcPage> = Vec::new();
+    for e in enclaves {
+        let Some(secs) = page(e.secs.0, e.secs.1) else {
+            continue;
+        };
+        if epc.ecreate(secs).is_err() {
+            continue;
+        }
+        batch.clear();
+        guest[s]
+            .file
+            .vepc()
+            .each_page(e.children.clone(), |_, p| batch.push(p));
+        if let Some((&tcs, regs)) = batch.split_first() {
+            let _ = epc.eadd(tcs, secs, AddType::Tcs);
+            let _ = epc.eadd_batch(regs, secs, AddType::Reg);
+        }
+        let _ = epc.einit(secs);
+        pb.inc(e.children.end - e.children.start);
+    }
+    for &i in va {
+        if let Some(p) = page(s, i) {
+            let _ = epc.epa(p);
+        }
+    }
+    pb.inc(va.len() as u64);
+}
+
+/// Peak resident set (`VmHWM`), in bytes; 0 where /proc does not say.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn print(r: &Report, json: bool) {
+    if json {
+        out(&serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+        return;
+    }
+    let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+    out(&format!(
+        "vepc bench: {} sections, {:.0} GiB of EPC ({} pages), {} populated",
+        r.sections.len(),
+        gib(r.epc_pages * PAGE_SIZE),
+        r.epc_pages,
+        r.populated_pages
+    ));
+    out(&format!(
+        "{:<9} {:>12} {:>9} {:>14} {:>14}",
+        "phase", "pages", "wall s", "pages/s", "hardware s"
+    ));
+    for p in &r.phases {
+        out(&format!(
+            "{:<9} {:>12} {:>9.3} {:>14.0} {:>14}",
+            p.name,
+            p.pages,
+            p.wall_s,
+            p.pages_per_s,
+            p.hardware_s.map_or("-".into(), |h| format!("{h:.1}"))
+        ));
+    }
+    out(&format!(
+        "total     {:.3} s wall on the model; the EREMOVEs alone would take {:.0} s on hardware at {} ns each",
+        r.total_wall_s, r.hardware_s, r.eremove_ns
+    ));
+    out(&format!(
+        "memory    model {:.2} GiB = {:.2} bytes per EPC page; peak RSS {:.2} GiB",
+        gib(r.model_bytes),
+        r.model_bytes_per_page,
+        gib(r.peak_rss_bytes)
+    ));
+}
