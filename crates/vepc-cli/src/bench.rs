@@ -278,7 +278,7 @@ fn plan(pages: &[u64]) -> Vec<(Vec<Enclave>, Vec<u64>)> {
         let mut at = 0;
         let mut k = 0usize;
         while at < usable {
-            if at % VA_EVERY == 0 {
+            if at.is_multiple_of(VA_EVERY) {
                 va.push(at);
                 at += 1;
                 continue;
@@ -288,7 +288,7 @@ fn plan(pages: &[u64]) -> Vec<(Vec<Enclave>, Vec<u64>)> {
                 .min(VA_EVERY - at % VA_EVERY);
             k += 1;
             let next = (s + 1) % n;
-            let spanning = n > 1 && k % 8 == 0 && foreign_next[next] < reserved[next];
+            let spanning = n > 1 && k.is_multiple_of(8) && foreign_next[next] < reserved[next];
             if spanning {
                 let slot = pages[next] - reserved[next] + foreign_next[next];
                 foreign_next[next] += 1;
