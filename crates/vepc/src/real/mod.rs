@@ -8,6 +8,7 @@
 
 pub mod cpu;
 mod error;
+mod io;
 pub mod kvm;
 mod region;
 mod vepc_fd;

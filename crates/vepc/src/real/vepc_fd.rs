@@ -6,9 +6,9 @@ use std::path::Path;
 use std::ptr::NonNull;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 
 use super::error::VepcError;
+use super::io::NoArg;
 use super::region::{EpcRegion, MapOptions};
 use crate::abi::SGX_IOC_VEPC_REMOVE_ALL;
 
@@ -47,9 +47,9 @@ impl VepcFd {
     /// the second round of SGX_IOC_VEPC_REMOVE_ALL calls has a return code other than 0."
     pub fn remove_all(&self) -> Result<u64, VepcError> {
         // SAFETY: REMOVE_ALL is `_IO`: the kernel reads no memory through the argument,
-        // which `RemoveAll` passes as an explicit 0.
-        let n =
-            unsafe { rustix::ioctl::ioctl(&self.fd, RemoveAll) }.map_err(VepcError::remove_all)?;
+        // which `NoArg` passes as an explicit 0.
+        let n = unsafe { rustix::ioctl::ioctl(&self.fd, NoArg(SGX_IOC_VEPC_REMOVE_ALL)) }
+            .map_err(VepcError::remove_all)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
@@ -74,31 +74,6 @@ impl VepcFd {
         opts: MapOptions,
     ) -> Result<EpcRegion, VepcError> {
         EpcRegion::new(self.as_fd(), Some(addr), len, opts)
-    }
-}
-
-/// `SGX_IOC_VEPC_REMOVE_ALL`, whose answer is the ioctl's return value.
-struct RemoveAll;
-
-// SAFETY: the opcode is `_IO` (no data transferred); the argument is a null pointer,
-// i.e. the explicit 0 the driver requires; the output is the syscall's return value.
-unsafe impl Ioctl for RemoveAll {
-    type Output = IoctlOutput;
-    const IS_MUTATING: bool = false;
-
-    fn opcode(&self) -> Opcode {
-        SGX_IOC_VEPC_REMOVE_ALL as Opcode
-    }
-
-    fn as_ptr(&mut self) -> *mut c_void {
-        std::ptr::null_mut()
-    }
-
-    unsafe fn output_from_ptr(
-        out: IoctlOutput,
-        _: *mut c_void,
-    ) -> rustix::io::Result<Self::Output> {
-        Ok(out)
     }
 }
 
