@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
     let src = script(data);
     let script = vepc::script::parse(&src).expect("generated scripts are valid");
     let report = vepc::script::Runner::new(&script)
+        .expect("valid EPC")
         .check_each_step(true)
         .run(&script);
     assert!(

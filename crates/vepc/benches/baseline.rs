@@ -53,7 +53,7 @@ fn model(bencher: Bencher) {
     let (script, n) = workload();
     bencher
         .counter(ItemsCount::new(n))
-        .bench_local(|| Runner::new(&script).run(&script));
+        .bench_local(|| Runner::new(&script).expect("valid EPC").run(&script));
 }
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
@@ -67,6 +67,7 @@ fn reference(bencher: Bencher) {
 fn main() {
     let (script, _) = workload();
     let model: Vec<String> = Runner::new(&script)
+        .expect("valid EPC")
         .run(&script)
         .outcomes
         .into_iter()

@@ -269,7 +269,7 @@ proptest! {
     fn the_model_answers_as_the_reference_does(src in scripts()) {
         let script = vepc::script::parse(&src)
             .map_err(|e| TestCaseError::fail(format!("generated an invalid script: {e}\n{src}")))?;
-        let report = vepc::script::Runner::new(&script).check_each_step(true).run(&script);
+        let report = vepc::script::Runner::new(&script).expect("valid EPC").check_each_step(true).run(&script);
         let model: Vec<(usize, String)> =
             report.outcomes.iter().map(|o| (o.line, o.result.clone())).collect();
         let reference = Reference::run(&script);

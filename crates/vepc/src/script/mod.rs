@@ -14,5 +14,11 @@ pub use run::{Mismatch, Outcome, Report, Runner};
 /// when `check` is set.
 pub fn run(src: &str, check: bool) -> Result<Report, ParseError> {
     let script = parse(src)?;
-    Ok(Runner::new(&script).check_each_step(check).run(&script))
+    // The parser built this EPC once already to validate the `epc` line.
+    let runner = Runner::new(&script).map_err(|e| ParseError {
+        line: 1,
+        col: 1,
+        msg: e.to_string(),
+    })?;
+    Ok(runner.check_each_step(check).run(&script))
 }

@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::parse::{Command, Script, Step};
-use crate::abi::{Errno, PAGE_SIZE, Signal};
+use crate::abi::{Errno, Signal};
 use crate::driver::{Device, ModelInstance, Sharing, VepcFile};
-use crate::model::{Epc, EpcPage};
+use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
 
 /// What one command gave.
@@ -80,16 +80,16 @@ pub struct Runner {
 
 impl Runner {
     /// A runner with a fresh device as the script's `epc` and `kernel` lines ask.
-    pub fn new(script: &Script) -> Self {
-        // The parser has already built this EPC once to validate it.
-        let epc = Epc::new(&script.epc).unwrap_or_else(|_| unreachable_epc());
-        Self {
-            device: Device::new(epc, script.kernel),
+    /// Fails only for a [`Script`] built by hand with an EPC the model cannot hold:
+    /// [`parse`](super::parse) has already checked a parsed one.
+    pub fn new(script: &Script) -> Result<Self, EpcError> {
+        Ok(Self {
+            device: Device::new(Epc::new(&script.epc)?, script.kernel),
             fds: Vec::new(),
             names: HashMap::new(),
             enclaves: HashMap::new(),
             check_each_step: false,
-        }
+        })
     }
 
     /// Also run the device's consistency check after every step.
@@ -287,16 +287,6 @@ impl Runner {
             .get(encl)
             .ok_or(Fail::Signal(Signal::Sigsegv))?;
         self.guest_page(slot, page)
-    }
-}
-
-#[cold]
-fn unreachable_epc() -> Epc {
-    // A script's EPC is validated by the parser; keep going with the smallest one
-    // rather than panic if a caller built a Script by hand with a bad one.
-    match Epc::new(&[PAGE_SIZE]) {
-        Ok(e) => e,
-        Err(_) => unreachable!("a one-page EPC is always valid"),
     }
 }
 
