@@ -46,6 +46,9 @@ fn bad_sizes() {
     rejects("epc 18446744073709551616\n", 1, 5, "too large");
     rejects("epc 12Q\n", 1, 5, "not a number");
     rejects("epc 16T 16T\n", 1, 1, "at most");
+    // Valid in form, but its model would not fit this machine (24 GiB here; 15 TiB of
+    // EPC needs 30 GiB of EPCM): a clear error, not an allocation abort.
+    rejects("epc 15T\n", 1, 1, "model memory");
     rejects("epc\n", 1, 5, "needs a SIZE");
     rejects("open G\nmmap G 0x\n", 2, 8, "not a number");
 }

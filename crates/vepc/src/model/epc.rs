@@ -51,7 +51,23 @@ pub enum EpcError {
         /// Pages asked for.
         pages: u64,
     },
+    /// The model of this EPC would not fit in this machine's memory.
+    #[error(
+        "an EPC of {pages} pages needs {} GiB of model memory, more than this machine's {} GiB",
+        .needed >> 30, .available >> 30
+    )]
+    OutOfMemory {
+        /// Pages asked for.
+        pages: u64,
+        /// Bytes the EPCM and free bitmaps would take.
+        needed: u64,
+        /// The machine's RAM.
+        available: u64,
+    },
 }
+
+/// Model bytes per EPC page held by the EPC itself: the EPCM word and a bitmap bit.
+const EPC_BYTES_PER_PAGE: f64 = 8.0 + 1.0 / 8.0;
 
 /// One EPC section: a physically contiguous run of EPC pages.
 #[derive(Debug)]
@@ -92,9 +108,10 @@ pub struct Epc {
 }
 
 impl Epc {
-    /// An EPC with one section per entry of `section_bytes`, every page free and
-    /// uninitialized.
-    pub fn new(section_bytes: &[u64]) -> Result<Self, EpcError> {
+    /// Checks section sizes without building anything: the EPC's page count, or why
+    /// it cannot be (a size of 0 or not a multiple of 4K, more pages than the model
+    /// numbers, or more model memory than this machine has).
+    pub fn check_sizes(section_bytes: &[u64]) -> Result<u64, EpcError> {
         if section_bytes.is_empty() {
             return Err(EpcError::NoSections);
         }
@@ -108,6 +125,23 @@ impl Epc {
         if total > MAX_EPC_PAGES {
             return Err(EpcError::TooLarge { pages: total });
         }
+        let needed = (total as f64 * EPC_BYTES_PER_PAGE) as u64;
+        if let Some(available) = machine_memory()
+            && needed > available
+        {
+            return Err(EpcError::OutOfMemory {
+                pages: total,
+                needed,
+                available,
+            });
+        }
+        Ok(total)
+    }
+
+    /// An EPC with one section per entry of `section_bytes`, every page free and
+    /// uninitialized.
+    pub fn new(section_bytes: &[u64]) -> Result<Self, EpcError> {
+        let total = Self::check_sizes(section_bytes)?;
         let mut first = 0u32;
         let sections = section_bytes
             .iter()
@@ -335,6 +369,19 @@ impl Epc {
     }
 }
 
+/// This machine's RAM in bytes, where the OS says.
+fn machine_memory() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let info = rustix::system::sysinfo();
+        Some(u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,6 +404,12 @@ mod tests {
             Epc::new(&[1 << 44, 1 << 44]),
             Err(EpcError::TooLarge { .. })
         ));
+        // 15 TiB of EPC needs 30 GiB of model: more than any machine this project has.
+        let big = Epc::check_sizes(&[15 << 40]);
+        if machine_memory().is_some_and(|m| m < 30 << 30) {
+            assert!(matches!(big, Err(EpcError::OutOfMemory { .. })), "{big:?}");
+        }
+        assert_eq!(Epc::check_sizes(&[4096, 8192]), Ok(3));
     }
 
     #[test]

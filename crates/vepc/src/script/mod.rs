@@ -14,7 +14,7 @@ pub use run::{Mismatch, Outcome, Report, Runner};
 /// when `check` is set.
 pub fn run(src: &str, check: bool) -> Result<Report, ParseError> {
     let script = parse(src)?;
-    // The parser built this EPC once already to validate the `epc` line.
+    // The parser has checked the `epc` line by the same rules.
     let runner = Runner::new(&script).map_err(|e| ParseError {
         line: 1,
         col: 1,

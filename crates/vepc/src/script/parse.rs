@@ -362,7 +362,7 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
                     ));
                 }
             }
-            if let Err(e) = Epc::new(&sizes) {
+            if let Err(e) = Epc::check_sizes(&sizes) {
                 return Err(l.err(first.col, e.to_string()));
             }
             scope.has_epc = true;
