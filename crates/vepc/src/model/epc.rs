@@ -374,7 +374,10 @@ fn machine_memory() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         let info = rustix::system::sysinfo();
-        Some(u64::from(info.totalram).saturating_mul(u64::from(info.mem_unit)))
+        // `totalram` is a C unsigned long: 64 bits here, 32 on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let ram = u64::from(info.totalram);
+        Some(ram.saturating_mul(u64::from(info.mem_unit)))
     }
     #[cfg(not(target_os = "linux"))]
     {
