@@ -112,7 +112,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(
-            "{msg:>10} [{bar:40}] {human_pos}/{human_len} pages {per_sec}",
+            "{msg:>10} [{bar:40}] {human_pos}/{human_len} pages, {elapsed}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -367,8 +367,9 @@ fn print(r: &Report, json: bool) {
     }
     let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
     out(&format!(
-        "vepc bench: {} sections, {:.0} GiB of EPC ({} pages), {} populated",
+        "vepc bench: {} section{}, {:.0} GiB of EPC ({} pages), {} populated",
         r.sections.len(),
+        if r.sections.len() == 1 { "" } else { "s" },
         gib(r.epc_pages * PAGE_SIZE),
         r.epc_pages,
         r.populated_pages
