@@ -18,7 +18,13 @@ pub struct ModelInstance {
 impl ModelInstance {
     /// An instance with one mapping of `len` bytes at offset 0.
     pub fn open(device: &Arc<super::Device>, len: u64) -> Result<Self, Errno> {
-        let file = device.open()?;
+        Self::open_on_node(device, 0, len)
+    }
+
+    /// [`open`](Self::open) with its faults served by NUMA node `node`
+    /// ([`Device::open_on_node`](super::Device::open_on_node)).
+    pub fn open_on_node(device: &Arc<super::Device>, node: usize, len: u64) -> Result<Self, Errno> {
+        let file = device.open_on_node(node)?;
         let map = file.mmap(len, Sharing::Shared, 0)?;
         Ok(Self {
             file,
@@ -35,7 +41,8 @@ impl VepcInstance for ModelInstance {
     /// Opens a new instance, maps it as the old one was mapped, then drops the old
     /// one (which the kernel then releases).
     fn recreate(&mut self) -> Result<(), Errno> {
-        let file = self.file.vepc().device().open()?;
+        let vepc = self.file.vepc();
+        let file = vepc.device().open_on_node(vepc.node())?;
         let maps = self
             .maps
             .iter()

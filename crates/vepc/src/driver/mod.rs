@@ -82,11 +82,19 @@ impl Device {
     /// `open("/dev/sgx_vepc", O_RDWR)`: a new, empty instance. No EPC is taken.
     /// `ENOENT` on kernels before 5.13, which have no such device.
     pub fn open(self: &Arc<Self>) -> Result<VepcFile, Errno> {
+        self.open_on_node(0)
+    }
+
+    /// [`open`](Self::open) for an instance whose pages are faulted in by CPUs of NUMA
+    /// node `node` (a VMM pinning the vCPUs of a guest section there, as QEMU's
+    /// `sgx-epc.N.node` asks): its faults take EPC from section `node` first, then
+    /// from the others, as `sgx_alloc_epc_page` does for the faulting CPU's node.
+    pub fn open_on_node(self: &Arc<Self>, node: usize) -> Result<VepcFile, Errno> {
         if !self.kernel.has_vepc() {
             return Err(Errno::ENOENT);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let vepc = Arc::new(Vepc::new(id, Arc::clone(self)));
+        let vepc = Arc::new(Vepc::new(id, Arc::clone(self), node));
         lock(&self.live).insert(id, Arc::downgrade(&vepc));
         Ok(VepcFile::new(vepc))
     }

@@ -26,21 +26,29 @@ pub struct Vepc {
     pub(super) pages: PageMap,
     /// `vepc->lock`: serializes faults. REMOVE_ALL does not take it.
     fault_lock: Mutex<()>,
+    /// The NUMA node (EPC section) whose CPUs fault this instance's pages in.
+    node: usize,
 }
 
 impl Vepc {
-    pub(super) fn new(id: u64, device: Arc<Device>) -> Self {
+    pub(super) fn new(id: u64, device: Arc<Device>, node: usize) -> Self {
         Self {
             id,
             device,
             pages: PageMap::default(),
             fault_lock: Mutex::new(()),
+            node,
         }
     }
 
     /// The device the instance belongs to.
     pub fn device(&self) -> &Arc<Device> {
         &self.device
+    }
+
+    /// The NUMA node (EPC section) that serves its faults first.
+    pub fn node(&self) -> usize {
+        self.node
     }
 
     /// The instance's number, unique for its device.
@@ -97,7 +105,7 @@ impl Vepc {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
-        let p = self.device.epc().alloc_page().ok_or(Signal::Sigbus)?;
+        let p = self.device.epc().alloc_page_near(self.node).ok_or(Signal::Sigbus)?;
         self.pages.insert(index, p);
         Ok(p)
     }
@@ -116,7 +124,7 @@ impl Vepc {
                 if at == batch.len() {
                     batch.clear();
                     at = 0;
-                    epc.alloc_pages(4096, &mut batch);
+                    epc.alloc_pages_near(self.node, 4096, &mut batch);
                 }
                 let p = batch.get(at).copied();
                 at += 1;

@@ -188,15 +188,39 @@ impl Epc {
 
     /// Takes a free page, from the first section that has one (vEPC never reclaims).
     pub fn alloc_page(&self) -> Option<EpcPage> {
-        self.sections.iter().find_map(|s| s.pool().alloc())
+        self.alloc_page_near(0)
+    }
+
+    /// Takes a free page from section `near` if it has one, else from the others in
+    /// order: `sgx_alloc_epc_page` serves the faulting CPU's NUMA node first.
+    pub fn alloc_page_near(&self, near: usize) -> Option<EpcPage> {
+        self.sections_from(near).find_map(|s| s.pool().alloc())
+    }
+
+    /// The sections, starting with `near` (when it exists), then the rest in order.
+    fn sections_from(&self, near: usize) -> impl Iterator<Item = &Section> {
+        let first = self.sections.get(near);
+        first.into_iter().chain(
+            self.sections
+                .iter()
+                .enumerate()
+                .filter(move |&(i, _)| first.is_none() || i != near)
+                .map(|(_, s)| s),
+        )
     }
 
     /// Takes up to `max` free pages into `out`, from the first sections that have
     /// them: the same pages, in the same order, as `max` calls of
     /// [`alloc_page`](Self::alloc_page), for one lock per section.
     pub fn alloc_pages(&self, max: usize, out: &mut Vec<EpcPage>) {
+        self.alloc_pages_near(0, max, out);
+    }
+
+    /// [`alloc_pages`](Self::alloc_pages) with section `near` first, as
+    /// [`alloc_page_near`](Self::alloc_page_near).
+    pub fn alloc_pages_near(&self, near: usize, max: usize, out: &mut Vec<EpcPage>) {
         let start = out.len();
-        for s in self.sections.iter() {
+        for s in self.sections_from(near) {
             let got = out.len() - start;
             if got == max {
                 break;
