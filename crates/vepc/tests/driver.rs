@@ -232,3 +232,43 @@ fn a_huge_sparse_mapping_costs_memory_by_the_pages_touched() {
         "{per_touched} bytes per touched page"
     );
 }
+
+#[test]
+fn faults_take_their_nodes_section_first_then_any_other() {
+    let dev = Device::new(
+        Epc::new(&[4 * 4096, 4 * 4096]).expect("EPC"),
+        KernelVersion::DEFAULT,
+    );
+    let second = dev.epc().sections()[1].first().0;
+    let file = dev.open_on_node(1).expect("open");
+    let map = file.mmap(8 * 4096, Sharing::Shared, 0).expect("mmap");
+    let pages: Vec<u32> = (0..6).map(|i| map.touch(i).expect("touch").0).collect();
+    assert!(
+        pages[..4].iter().all(|&p| p >= second),
+        "node 1's section first: {pages:?}"
+    );
+    assert!(
+        pages[4..].iter().all(|&p| p < second),
+        "then the other: {pages:?}"
+    );
+    // populate takes the same pages, in the same order.
+    let other = Device::new(
+        Epc::new(&[4 * 4096, 4 * 4096]).expect("EPC"),
+        KernelVersion::DEFAULT,
+    );
+    let f2 = other.open_on_node(1).expect("open");
+    f2.mmap(8 * 4096, Sharing::Shared, 0).expect("mmap");
+    f2.vepc().populate(0, 6).expect("populate");
+    let bulk: Vec<u32> = f2.vepc().pages().iter().map(|&(_, p)| p.0).collect();
+    assert_eq!(bulk, pages);
+    // A node with no section of its own falls back to the first section.
+    assert_eq!(
+        dev.open_on_node(7)
+            .expect("open")
+            .mmap(4096, Sharing::Shared, 0)
+            .expect("mmap")
+            .touch(0)
+            .map(|p| p.0 < second),
+        Ok(true)
+    );
+}

@@ -105,7 +105,11 @@ impl Vepc {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
-        let p = self.device.epc().alloc_page_near(self.node).ok_or(Signal::Sigbus)?;
+        let p = self
+            .device
+            .epc()
+            .alloc_page_near(self.node)
+            .ok_or(Signal::Sigbus)?;
         self.pages.insert(index, p);
         Ok(p)
     }
