@@ -91,10 +91,15 @@ fn device(path: &str) -> DeviceNode {
         path: path.into(),
         exists: true,
         owner: Some(name_of("/etc/passwd", st.st_uid)),
-        group: Some(name_of("/etc/group", st.st_gid)),
+        group: Some(group_name(st.st_gid)),
         mode: Some(st.st_mode & 0o7777),
         open_error,
     }
+}
+
+/// The name of a group, or its number when `/etc/group` does not name it.
+pub(crate) fn group_name(gid: u32) -> String {
+    name_of("/etc/group", gid)
 }
 
 /// The name of a uid or gid from a passwd-style file, or the number.

@@ -20,14 +20,18 @@ pub enum VepcError {
     },
     /// `open` answered `EACCES`/`EPERM`.
     #[error(
-        "permission denied opening {path}: add this user to the group that owns it \
-         (`ls -l {path}`; often `sgx`), or run the VMM with a udev rule or an fd passed in"
+        "permission denied opening {path}: add this user to the group {}, or grant access \
+         with a udev rule, or pass the VMM an fd opened by a privileged helper",
+        .group.as_deref().map_or("that owns it (`ls -l` shows it; often `sgx`)".to_string(),
+            |g| format!("`{g}`, which owns it"))
     )]
     PermissionDenied {
         /// The path opened.
         path: PathBuf,
         /// What `open` answered.
         errno: Errno,
+        /// The group that owns the device node, when it could be read.
+        group: Option<String>,
     },
     /// REMOVE_ALL answered `ENOTTY`.
     #[error(
@@ -78,7 +82,12 @@ impl VepcError {
         let errno = Errno::from_raw(e.raw_os_error());
         match errno {
             Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => Self::NoDevice { path, errno },
-            Errno::EACCES | Errno::EPERM => Self::PermissionDenied { path, errno },
+            Errno::EACCES | Errno::EPERM => {
+                let group = rustix::fs::stat(&path)
+                    .ok()
+                    .map(|st| crate::probe::host::group_name(st.st_gid));
+                Self::PermissionDenied { path, errno, group }
+            }
             _ => Self::Os { op: "open", errno },
         }
     }
@@ -107,5 +116,32 @@ impl VepcError {
                 errno,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// EACCES names the group that owns the node (read with stat), whoever runs the
+    /// test: root is never refused by open(2), so the errno is handed in directly.
+    #[test]
+    fn permission_denied_names_the_owning_group() {
+        let path = std::env::temp_dir().join(format!("vepc-perm-{}", std::process::id()));
+        std::fs::write(&path, b"").expect("node");
+        let gid = rustix::fs::stat(&path).expect("stat").st_gid;
+        let e = VepcError::open(path.clone(), rustix::io::Errno::ACCESS);
+        let _ = std::fs::remove_file(&path);
+        let group = crate::probe::host::group_name(gid);
+        assert!(matches!(&e, VepcError::PermissionDenied { group: Some(g), .. } if *g == group));
+        assert!(
+            e.to_string()
+                .contains(&format!("the group `{group}`, which owns it")),
+            "{e}"
+        );
+        assert_eq!(e.errno(), Errno::EACCES);
+        // With the node gone, the advice still says where to look.
+        let e = VepcError::open("/nonexistent/x".into(), rustix::io::Errno::PERM);
+        assert!(e.to_string().contains("ls -l"), "{e}");
     }
 }
