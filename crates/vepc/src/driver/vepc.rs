@@ -69,10 +69,7 @@ impl Vepc {
     /// Every `(index, page)` the instance holds, in index order.
     pub fn pages(&self) -> Vec<(u64, EpcPage)> {
         let mut v = Vec::with_capacity(self.pages.len() as usize);
-        self.pages.walk::<()>(|i, p| {
-            v.push((i, p));
-            ControlFlow::Continue(())
-        });
+        self.each_page(0..u64::MAX, |i, p| v.push((i, p)));
         v
     }
 
