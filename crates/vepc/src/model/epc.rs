@@ -453,6 +453,15 @@ mod tests {
     }
 
     #[test]
+    fn page_addresses_round_trip_across_sections() {
+        let epc = Epc::new(&[2 * 4096, 3 * 4096]).expect("valid EPC");
+        assert_eq!(epc.sections()[1].phys_base(), EPC_PHYS_BASE + 2 * 4096);
+        for p in (0..5).map(EpcPage) {
+            assert_eq!(epc.page_at(epc.page_addr(p)), Ok(p));
+        }
+    }
+
+    #[test]
     fn operands_are_checked_for_alignment_then_for_epc() {
         let epc = Epc::new(&[4 * 4096]).expect("valid EPC");
         assert_eq!(epc.page_at(EPC_PHYS_BASE + 4096), Ok(EpcPage(1)));
