@@ -251,6 +251,14 @@ macro_rules! errnos {
                     _ => None,
                 }
             }
+
+            /// The named value spelled `name` (`"EBUSY"`), if it is one of them.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $(stringify!($name) => Some(Self::$name),)*
+                    _ => None,
+                }
+            }
         }
     };
 }

@@ -66,6 +66,15 @@ impl Vepc {
         self.pages.len()
     }
 
+    /// How many of the instance's pages are valid in the EPCM (not uninitialized):
+    /// zero after a complete guest-reboot reset.
+    pub fn valid_pages(&self) -> u64 {
+        let epc = self.device.epc();
+        let mut n = 0;
+        self.each_page(0..u64::MAX, |_, p| n += u64::from(epc.entry(p).valid()));
+        n
+    }
+
     /// Every `(index, page)` the instance holds, in index order.
     pub fn pages(&self) -> Vec<(u64, EpcPage)> {
         let mut v = Vec::with_capacity(self.pages.len() as usize);

@@ -5,8 +5,8 @@ mod parse;
 mod run;
 
 pub use parse::{
-    Command, DEFAULT_EPC, NumberError, ParseError, Script, Step, is_name, parse, parse_number,
-    parse_size,
+    Command, DEFAULT_EPC, NumberError, ParseError, Script, Step, is_name, parse, parse_attached,
+    parse_number, parse_size,
 };
 pub use run::{Mismatch, Outcome, Report, Runner};
 

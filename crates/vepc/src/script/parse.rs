@@ -310,7 +310,18 @@ impl Scope {
 
 /// Parses and validates a whole script.
 pub fn parse(src: &str) -> Result<Script, ParseError> {
-    let mut scope = Scope::default();
+    parse_attached(src, &[])
+}
+
+/// [`parse`] for a script that drives instances a program has already opened: each of
+/// `fds` is an FD name bound before the first line (the LD_PRELOAD shim names a
+/// program's instances `S0`, `S1`, … in the order it maps them). Such a script may
+/// still `open` more.
+pub fn parse_attached(src: &str, fds: &[&str]) -> Result<Script, ParseError> {
+    let mut scope = Scope {
+        fds: fds.iter().map(|&n| n.to_owned()).collect(),
+        ..Scope::default()
+    };
     let mut steps = Vec::new();
     let mut epc = vec![DEFAULT_EPC];
     let mut kernel = KernelVersion::DEFAULT;

@@ -92,6 +92,27 @@ impl Runner {
         })
     }
 
+    /// A runner on an existing device, with `fds` already open under their names: a
+    /// script parsed by [`parse_attached`](super::parse_attached) with those names
+    /// drives a program's own instances through them. The script's `epc` and `kernel`
+    /// lines change nothing then: the device exists. `close` of such a name drops
+    /// only the runner's handle; the program's own stays open.
+    pub fn attach(device: Arc<Device>, fds: Vec<(String, ModelInstance)>) -> Self {
+        let mut names = HashMap::new();
+        let mut slots = Vec::with_capacity(fds.len());
+        for (name, inst) in fds {
+            names.insert(name, slots.len());
+            slots.push(Some(inst));
+        }
+        Self {
+            device,
+            fds: slots,
+            names,
+            enclaves: HashMap::new(),
+            check_each_step: false,
+        }
+    }
+
     /// Also run the device's consistency check after every step.
     pub fn check_each_step(mut self, on: bool) -> Self {
         self.check_each_step = on;
