@@ -1,0 +1,170 @@
+//! Which address ranges are mappings of which instance, kept as the kernel keeps VMAs:
+//! a new `MAP_FIXED` mapping or an `munmap` over part of a range leaves the pieces
+//! outside it, each with its own page offset into the instance.
+
+/// One mapped range.
+#[derive(Debug, Clone)]
+pub struct Region<T> {
+    /// First byte.
+    pub start: usize,
+    /// One past the last byte.
+    pub end: usize,
+    /// The instance page at `start`.
+    pub pgoff: u64,
+    /// `PROT_*` it was mapped with.
+    pub prot: i32,
+    /// What it maps.
+    pub what: T,
+}
+
+/// Every tracked range.
+#[derive(Debug)]
+pub struct Regions<T> {
+    list: Vec<Region<T>>,
+}
+
+impl<T> Default for Regions<T> {
+    fn default() -> Self {
+        Self { list: Vec::new() }
+    }
+}
+
+const PAGE: usize = 4096;
+
+impl<T: Clone> Regions<T> {
+    /// Records a new mapping of `len` bytes at `start`; whatever it covers is gone (a
+    /// `MAP_FIXED` mapping replaces what was there). Returns what was removed.
+    pub fn insert(&mut self, start: usize, len: usize, pgoff: u64, prot: i32, what: T) -> Vec<T> {
+        let removed = self.remove(start, len);
+        self.list.push(Region {
+            start,
+            end: start.saturating_add(len),
+            pgoff,
+            prot,
+            what,
+        });
+        removed
+    }
+
+    /// Forgets `[start, start + len)`, as `munmap` does, splitting ranges it cuts.
+    /// Returns the payloads of the pieces removed (one per range it touched).
+    pub fn remove(&mut self, start: usize, len: usize) -> Vec<T> {
+        let end = start.saturating_add(len);
+        let mut removed = Vec::new();
+        let mut kept = Vec::with_capacity(self.list.len() + 1);
+        for r in self.list.drain(..) {
+            if r.end <= start || r.start >= end {
+                kept.push(r);
+                continue;
+            }
+            removed.push(r.what.clone());
+            if r.start < start {
+                kept.push(Region {
+                    end: start,
+                    what: r.what.clone(),
+                    ..r.clone()
+                });
+            }
+            if end < r.end {
+                kept.push(Region {
+                    start: end,
+                    pgoff: r.pgoff + ((end - r.start) / PAGE) as u64,
+                    ..r
+                });
+            }
+        }
+        self.list = kept;
+        removed
+    }
+
+    /// The range holding `addr`, and the instance page index there.
+    pub fn find(&self, addr: usize) -> Option<(&Region<T>, u64)> {
+        self.list
+            .iter()
+            .find(|r| r.start <= addr && addr < r.end)
+            .map(|r| (r, r.pgoff + ((addr - r.start) / PAGE) as u64))
+    }
+
+    /// Every range, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Region<T>> {
+        self.list.iter()
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: usize = 0x10_0000;
+
+    fn spans(r: &Regions<char>) -> Vec<(usize, usize, u64, char)> {
+        let mut v: Vec<_> = r
+            .iter()
+            .map(|r| (r.start, r.end, r.pgoff, r.what))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn find_gives_the_instance_page() {
+        let mut r = Regions::default();
+        r.insert(A, 8 * PAGE, 3, 3, 'a');
+        assert_eq!(r.find(A).map(|(_, i)| i), Some(3));
+        assert_eq!(r.find(A + 5 * PAGE + 17).map(|(_, i)| i), Some(8));
+        assert!(r.find(A + 8 * PAGE).is_none());
+        assert!(r.find(A - 1).is_none());
+    }
+
+    #[test]
+    fn munmap_in_the_middle_splits_with_offsets() {
+        let mut r = Regions::default();
+        r.insert(A, 8 * PAGE, 0, 3, 'a');
+        let gone = r.remove(A + 2 * PAGE, 3 * PAGE);
+        assert_eq!(gone, vec!['a']);
+        assert_eq!(
+            spans(&r),
+            vec![
+                (A, A + 2 * PAGE, 0, 'a'),
+                (A + 5 * PAGE, A + 8 * PAGE, 5, 'a')
+            ]
+        );
+        assert_eq!(r.find(A + 6 * PAGE).map(|(_, i)| i), Some(6));
+        assert!(r.find(A + 3 * PAGE).is_none());
+    }
+
+    #[test]
+    fn a_fixed_mapping_replaces_what_it_covers() {
+        let mut r = Regions::default();
+        r.insert(A, 4 * PAGE, 0, 3, 'a');
+        r.insert(A + 4 * PAGE, 4 * PAGE, 0, 3, 'b');
+        let gone = r.insert(A + 2 * PAGE, 4 * PAGE, 10, 3, 'c');
+        assert_eq!(gone, vec!['a', 'b']);
+        assert_eq!(
+            spans(&r),
+            vec![
+                (A, A + 2 * PAGE, 0, 'a'),
+                (A + 2 * PAGE, A + 6 * PAGE, 10, 'c'),
+                (A + 6 * PAGE, A + 8 * PAGE, 2, 'b'),
+            ]
+        );
+    }
+
+    #[test]
+    fn unmapping_everything_leaves_nothing() {
+        let mut r = Regions::default();
+        r.insert(A, 4 * PAGE, 0, 3, 'a');
+        r.insert(A + 8 * PAGE, 4 * PAGE, 0, 3, 'b');
+        assert_eq!(r.remove(0, usize::MAX).len(), 2);
+        assert!(r.is_empty());
+        // Unrelated ranges are untouched and report nothing.
+        r.insert(A, PAGE, 0, 3, 'a');
+        assert!(r.remove(A + PAGE, PAGE).is_empty());
+        assert!(!r.is_empty());
+    }
+}

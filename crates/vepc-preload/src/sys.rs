@@ -1,0 +1,235 @@
+//! The operating system underneath the hooks: the next definition of each hooked libc
+//! function (found with `dlsym(RTLD_NEXT)`, so calls the shim makes itself never come
+//! back into its own hooks), and the few system calls the model's stand-in file needs.
+
+use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use vepc::abi::Errno;
+
+/// A hooked function's answer when libc has no next definition of it: `ENOSYS`.
+pub trait Failure {
+    /// The C failure value.
+    fn failure() -> Self;
+}
+
+impl Failure for c_int {
+    fn failure() -> Self {
+        -1
+    }
+}
+
+impl Failure for *mut c_void {
+    fn failure() -> Self {
+        libc::MAP_FAILED
+    }
+}
+
+/// The calling thread's `errno`.
+pub fn errno() -> Errno {
+    // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
+    Errno::from_raw(unsafe { *libc::__errno_location() })
+}
+
+/// Sets the calling thread's `errno`.
+pub fn set_errno(e: Errno) {
+    // SAFETY: as in `errno`.
+    unsafe { *libc::__errno_location() = e.raw() };
+}
+
+macro_rules! next {
+    ($( $name:ident ( $($a:ident : $t:ty),* ) -> $r:ty; )*) => {
+        /// The next definitions (normally glibc's) of the functions the shim hooks.
+        pub mod real {
+            use super::*;
+            $(
+                #[doc = concat!("glibc's `", stringify!($name), "`.")]
+                ///
+                /// # Safety
+                /// As the C function: the caller passes what its manual page asks.
+                pub unsafe fn $name($($a: $t),*) -> $r {
+                    use std::sync::atomic::{AtomicUsize, Ordering};
+                    static ADDR: AtomicUsize = AtomicUsize::new(0);
+                    let mut f = ADDR.load(Ordering::Acquire);
+                    if f == 0 {
+                        let name = concat!(stringify!($name), "\0");
+                        // SAFETY: RTLD_NEXT and a NUL-terminated symbol name.
+                        f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+                        if f == 0 {
+                            set_errno(Errno::from_raw(libc::ENOSYS));
+                            return <$r as Failure>::failure();
+                        }
+                        ADDR.store(f, Ordering::Release);
+                    }
+                    // SAFETY: `f` is libc's definition of this function, whose C
+                    // prototype is the one declared here (variadic arguments are read
+                    // from the same registers on x86-64 as a fixed argument would be).
+                    let f: unsafe extern "C" fn($($t),*) -> $r = unsafe { std::mem::transmute(f) };
+                    // SAFETY: the caller's contract is the C function's.
+                    unsafe { f($($a),*) }
+                }
+            )*
+        }
+    };
+}
+
+next! {
+    open(path: *const c_char, flags: c_int, mode: c_uint) -> c_int;
+    open64(path: *const c_char, flags: c_int, mode: c_uint) -> c_int;
+    openat(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int;
+    openat64(dirfd: c_int, path: *const c_char, flags: c_int, mode: c_uint) -> c_int;
+    __open_2(path: *const c_char, flags: c_int) -> c_int;
+    __open64_2(path: *const c_char, flags: c_int) -> c_int;
+    __openat_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+    __openat64_2(dirfd: c_int, path: *const c_char, flags: c_int) -> c_int;
+    close(fd: c_int) -> c_int;
+    close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int;
+    dup(fd: c_int) -> c_int;
+    dup2(fd: c_int, to: c_int) -> c_int;
+    dup3(fd: c_int, to: c_int, flags: c_int) -> c_int;
+    fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int;
+    ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_int;
+    mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off_t) -> *mut c_void;
+    mmap64(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: libc::off64_t) -> *mut c_void;
+    munmap(addr: *mut c_void, len: usize) -> c_int;
+    stat(path: *const c_char, buf: *mut libc::stat) -> c_int;
+    stat64(path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    lstat(path: *const c_char, buf: *mut libc::stat) -> c_int;
+    lstat64(path: *const c_char, buf: *mut libc::stat64) -> c_int;
+    fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
+    fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int;
+    fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int;
+    fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int;
+    statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: c_uint, buf: *mut libc::statx) -> c_int;
+    access(path: *const c_char, mode: c_int) -> c_int;
+    faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int;
+    euidaccess(path: *const c_char, mode: c_int) -> c_int;
+    eaccess(path: *const c_char, mode: c_int) -> c_int;
+}
+
+/// The device node the shim answers for.
+pub const VEPC_PATH: &CStr = c"/dev/sgx_vepc";
+
+/// The node's major and minor. The real `/dev/sgx_vepc` is a misc device (major 10)
+/// with a minor given at boot; this one is made up and stable.
+pub const VEPC_RDEV: (u32, u32) = (10, 125);
+
+/// An anonymous shared file to stand for one open of the device: mapping it gives
+/// the program real shared memory, as the vEPC's pages are.
+pub fn memfd(cloexec: bool) -> Result<OwnedFd, Errno> {
+    let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
+    // SAFETY: a NUL-terminated name and valid flags.
+    let fd = unsafe { libc::memfd_create(c"sgx_vepc".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Grows the stand-in file to `len` bytes, so a mapping up to there is backed.
+pub fn grow(fd: c_int, len: u64) -> Result<(), Errno> {
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::EOVERFLOW)?;
+    // SAFETY: plain fstat/ftruncate on a descriptor; `st` is written by the kernel.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd, &mut st) != 0 {
+            return Err(errno());
+        }
+        if st.st_size < len && libc::ftruncate(fd, len) != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// Makes `[addr, addr + len)` answer every access with SIGBUS, as a vEPC page whose
+/// fault found no free EPC does: it maps an empty file there, and a shared mapping
+/// past the end of its file faults with SIGBUS (`BUS_ADRERR`), as the driver's
+/// `VM_FAULT_SIGBUS` does.
+pub fn map_sigbus(addr: usize, len: usize, prot: c_int) -> Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    use std::sync::OnceLock;
+    static EMPTY: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    let fd = EMPTY
+        .get_or_init(|| memfd(true).ok())
+        .as_ref()
+        .ok_or(Errno::ENOMEM)?;
+    // SAFETY: the range lies inside a mapping the shim made for the program's
+    // instance (the caller found it in its region list); replacing it with MAP_FIXED
+    // is what the kernel's own fault path would leave: no memory there.
+    let p = unsafe {
+        real::mmap(
+            addr as *mut c_void,
+            len,
+            prot,
+            libc::MAP_SHARED | libc::MAP_FIXED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// `madvise(MADV_POPULATE_WRITE)` (or `_READ` for a read-only mapping): faults every
+/// page in through the normal fault path, as `MAP_POPULATE` does. Its result is not
+/// reported, as `mmap` ignores a failed populate.
+pub fn populate(addr: usize, len: usize, prot: c_int) {
+    const MADV_POPULATE_READ: c_int = 22;
+    const MADV_POPULATE_WRITE: c_int = 23;
+    let advice = if prot & libc::PROT_WRITE != 0 {
+        MADV_POPULATE_WRITE
+    } else {
+        MADV_POPULATE_READ
+    };
+    // SAFETY: the range is a mapping the shim just made; populating changes no data.
+    unsafe { libc::madvise(addr as *mut c_void, len, advice) };
+}
+
+/// What `stat` says of the made-up node: a character device, mode 0600, owned by
+/// the caller, with [`VEPC_RDEV`]. The rest (`st_dev`, times) is `/dev/null`'s.
+///
+/// # Safety
+/// `buf` must point to writable memory for a `struct stat`.
+pub unsafe fn fake_stat(buf: *mut libc::stat) -> c_int {
+    // SAFETY: the caller gives a writable `struct stat`.
+    unsafe {
+        if real::stat(c"/dev/null".as_ptr(), buf) != 0 {
+            return -1;
+        }
+        let st = &mut *buf;
+        st.st_mode = libc::S_IFCHR | 0o600;
+        st.st_rdev = libc::makedev(VEPC_RDEV.0, VEPC_RDEV.1);
+        st.st_ino = 0x5697_e9c0;
+        st.st_uid = libc::geteuid();
+        st.st_gid = libc::getegid();
+        st.st_size = 0;
+    }
+    0
+}
+
+/// [`fake_stat`] for `statx`.
+///
+/// # Safety
+/// `buf` must point to writable memory for a `struct statx`.
+pub unsafe fn fake_statx(buf: *mut libc::statx, mask: c_uint) -> c_int {
+    // SAFETY: the caller gives a writable `struct statx`.
+    unsafe {
+        if real::statx(libc::AT_FDCWD, c"/dev/null".as_ptr(), 0, mask, buf) != 0 {
+            return -1;
+        }
+        let st = &mut *buf;
+        st.stx_mode = (libc::S_IFCHR | 0o600) as u16;
+        st.stx_rdev_major = VEPC_RDEV.0;
+        st.stx_rdev_minor = VEPC_RDEV.1;
+        st.stx_ino = 0x5697_e9c0;
+        st.stx_uid = libc::geteuid();
+        st.stx_gid = libc::getegid();
+        st.stx_size = 0;
+    }
+    0
+}
