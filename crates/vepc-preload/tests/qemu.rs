@@ -38,7 +38,11 @@ fn qemu_or_skip(test: &str) -> Option<PathBuf> {
             std::env::var("VEPC_REQUIRE_QEMU").as_deref() != Ok("1"),
             "VEPC_REQUIRE_QEMU=1 but {QEMU} is not on PATH"
         );
-        eprintln!("SKIPPED {test}: {QEMU} is not installed (apt-get install qemu-system-x86)");
+        // Straight to stderr, past the test harness's capture: a skip must show.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {QEMU} is not installed (apt-get install qemu-system-x86)"
+        );
     }
     found
 }

@@ -265,8 +265,8 @@ macro_rules! errnos {
 
 errnos! {
     EPERM = 1, ENOENT = 2, EINTR = 4, EIO = 5, ENXIO = 6, EBADF = 9, EAGAIN = 11,
-    ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, ENODEV = 19, EINVAL = 22,
-    ENOTTY = 25, EOVERFLOW = 75,
+    ENOMEM = 12, EACCES = 13, EFAULT = 14, EBUSY = 16, EEXIST = 17, ENODEV = 19,
+    ENOTDIR = 20, EINVAL = 22, ENOTTY = 25, ENOSYS = 38, EOVERFLOW = 75,
 }
 
 impl Errno {
