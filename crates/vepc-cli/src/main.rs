@@ -1,7 +1,8 @@
-//! `vepc`: the scenario runner, the demo, and (later) the host tools.
+//! `vepc`: the scenario runner, the demo, the host tools, and the LD_PRELOAD runner.
 
 mod bench;
 mod demo;
+mod preload;
 mod probe;
 mod selftest;
 mod sim;
@@ -30,6 +31,8 @@ enum Cmd {
     Probe(probe::Args),
     /// On an SGX host: open, map, populate, REMOVE_ALL, close (exit 77: no device).
     Selftest(selftest::Args),
+    /// Run an unmodified program with the model as its /dev/sgx_vepc (LD_PRELOAD).
+    Preload(preload::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::main(&args),
         Cmd::Probe(args) => probe::main(&args),
         Cmd::Selftest(args) => selftest::main(&args),
+        Cmd::Preload(args) => preload::main(&args),
     }
 }
 

@@ -248,3 +248,104 @@ fn bench_rejects_bad_sections_with_one_line() {
         );
     }
 }
+
+/// The shim beside the `vepc` binary, as `cargo build` leaves it; `None` (with a
+/// visible note) when only this package was built.
+fn shim_beside_vepc() -> Option<std::path::PathBuf> {
+    let so = std::path::Path::new(env!("CARGO_BIN_EXE_vepc")).with_file_name("libvepc_preload.so");
+    if so.is_file() {
+        return Some(so);
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {} not built (cargo test --workspace builds it)",
+        so.display()
+    );
+    None
+}
+
+#[test]
+fn preload_runs_a_program_on_the_model() {
+    let Some(_) = shim_beside_vepc() else { return };
+    let dir = std::env::temp_dir().join(format!("vepc-cli-preload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let log = dir.join("calls.log");
+    let log_arg = log.to_string_lossy().into_owned();
+    // The program sees a character device where there is none.
+    let out = vepc(
+        &[
+            "preload",
+            "--epc",
+            "64K,64K",
+            "--kernel",
+            "5.15",
+            "--log",
+            &log_arg,
+            "--",
+            "sh",
+            "-c",
+            "test -c /dev/sgx_vepc && echo char-device; exit 7",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(7), "the program's status is ours");
+    assert_eq!(text(&out.stdout), "char-device\n");
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    let init: serde_json::Value =
+        serde_json::from_str(logged.lines().next().unwrap_or("{}")).expect("JSON log");
+    assert_eq!(init["call"], "init");
+    assert_eq!(init["epc"], serde_json::json!([65536, 65536]));
+    assert_eq!(init["kernel"], "5.15");
+}
+
+#[test]
+fn preload_checks_its_options_before_the_program_starts() {
+    for (args, says, code) in [
+        (
+            &["preload", "--epc", "12Q", "--", "true"][..],
+            "--epc 12Q",
+            2,
+        ),
+        (
+            &["preload", "--epc", "6000", "--", "true"][..],
+            "multiple of 4K",
+            2,
+        ),
+        (
+            &["preload", "--kernel", "x", "--", "true"][..],
+            "--kernel x",
+            2,
+        ),
+        (
+            &["preload", "--faults", "lazy", "--", "true"][..],
+            "--faults lazy",
+            2,
+        ),
+        (
+            &["preload", "--shim", "/nonexistent.so", "--", "true"][..],
+            "cargo build --release",
+            2,
+        ),
+        (
+            &["preload", "--script", "/nonexistent.vsim", "--", "true"][..],
+            "--script",
+            2,
+        ),
+    ] {
+        let out = vepc(args, None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.starts_with("vepc preload: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    if shim_beside_vepc().is_some() {
+        let out = vepc(&["preload", "--", "/nonexistent/program"], None);
+        assert_eq!(out.status.code(), Some(127));
+        assert!(text(&out.stderr).contains("cannot run /nonexistent/program"));
+    }
+}
