@@ -78,7 +78,7 @@ pub struct Shim {
     /// The call log.
     pub log: Log,
     fds: Mutex<HashMap<c_int, Arc<Open>>>,
-    tracked_fds: AtomicUsize,
+    marks: FdMarks,
     regions: Mutex<Regions<Arc<Open>>>,
     tracked_regions: AtomicUsize,
     named: Mutex<Vec<Weak<Open>>>,
@@ -140,7 +140,7 @@ impl Shim {
             faults_wanted: config.faults,
             log,
             fds: Mutex::default(),
-            tracked_fds: AtomicUsize::new(0),
+            marks: FdMarks::default(),
             regions: Mutex::default(),
             tracked_regions: AtomicUsize::new(0),
             named: Mutex::default(),
@@ -187,16 +187,22 @@ impl Shim {
     }
 
     fn track_fd(&self, fd: c_int, open: Arc<Open>) {
-        let old = lock(&self.fds).insert(fd, open);
-        if old.is_none() {
-            self.tracked_fds.fetch_add(1, Ordering::Relaxed);
-        }
+        let old = {
+            let mut fds = lock(&self.fds);
+            let old = fds.insert(fd, open);
+            if old.is_none() {
+                self.marks.set(fd);
+            }
+            old
+        };
         self.release(old);
     }
 
-    /// The open behind `fd`, if it is one of the shim's.
+    /// The open behind `fd`, if it is one of the shim's. Every `ioctl` of the program
+    /// (a vCPU's `KVM_RUN` among them) asks, so a descriptor that is not the shim's is
+    /// answered from a bitmap without the lock.
     pub fn fd(&self, fd: c_int) -> Option<Arc<Open>> {
-        if self.tracked_fds.load(Ordering::Relaxed) == 0 {
+        if !self.marks.maybe(fd) {
             return None;
         }
         lock(&self.fds).get(&fd).cloned()
@@ -205,12 +211,13 @@ impl Shim {
     /// Forgets `fd` before it is closed, so a new descriptor given the same number
     /// meanwhile is not mistaken for it. Pass the result to [`Shim::release`] after.
     pub fn take_fd(&self, fd: c_int) -> Option<Arc<Open>> {
-        if self.tracked_fds.load(Ordering::Relaxed) == 0 {
+        if !self.marks.maybe(fd) {
             return None;
         }
-        let old = lock(&self.fds).remove(&fd);
+        let mut fds = lock(&self.fds);
+        let old = fds.remove(&fd);
         if old.is_some() {
-            self.tracked_fds.fetch_sub(1, Ordering::Relaxed);
+            self.marks.clear(fd);
         }
         old
     }
@@ -223,9 +230,6 @@ impl Shim {
 
     /// Every descriptor in `first..=last` was closed (`close_range`).
     pub fn closed_range(&self, first: c_int, last: c_int) {
-        if self.tracked_fds.load(Ordering::Relaxed) == 0 {
-            return;
-        }
         let gone: Vec<c_int> = lock(&self.fds)
             .keys()
             .copied()
@@ -579,4 +583,82 @@ impl Shim {
 
 fn shim_resolve(page: usize) -> Answer {
     existing().map_or(Answer::Unknown, |s| s.resolve(page))
+}
+
+/// Which descriptors may be the shim's, readable without a lock: one bit per
+/// descriptor below [`FdMarks::BITS`], and a count of the shim's descriptors above it.
+/// Written only with the descriptor table's lock held, so it never says no for a
+/// descriptor the table has.
+#[derive(Debug)]
+struct FdMarks {
+    bits: Vec<AtomicU64>,
+    high: AtomicUsize,
+}
+
+impl Default for FdMarks {
+    fn default() -> Self {
+        Self {
+            bits: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            high: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl FdMarks {
+    const BITS: usize = 4096;
+
+    fn slot(fd: c_int) -> Option<(usize, u64)> {
+        let fd = usize::try_from(fd).ok().filter(|&f| f < Self::BITS)?;
+        Some((fd / 64, 1 << (fd % 64)))
+    }
+
+    fn maybe(&self, fd: c_int) -> bool {
+        match Self::slot(fd) {
+            Some((w, bit)) => self.bits[w].load(Ordering::Acquire) & bit != 0,
+            None => fd >= 0 && self.high.load(Ordering::Acquire) > 0,
+        }
+    }
+
+    fn set(&self, fd: c_int) {
+        match Self::slot(fd) {
+            Some((w, bit)) => {
+                self.bits[w].fetch_or(bit, Ordering::Release);
+            }
+            None => {
+                self.high.fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+
+    fn clear(&self, fd: c_int) {
+        match Self::slot(fd) {
+            Some((w, bit)) => {
+                self.bits[w].fetch_and(!bit, Ordering::Release);
+            }
+            None => {
+                self.high.fetch_sub(1, Ordering::Release);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FdMarks;
+
+    #[test]
+    fn marks_say_no_only_for_descriptors_never_set() {
+        let m = FdMarks::default();
+        assert!(!m.maybe(3) && !m.maybe(5000) && !m.maybe(-1));
+        m.set(3);
+        m.set(4095);
+        m.set(5000);
+        assert!(m.maybe(3) && m.maybe(4095) && m.maybe(5000));
+        assert!(!m.maybe(4) && !m.maybe(-1));
+        // Above the bitmap any descriptor may be ours while one is.
+        assert!(m.maybe(6000));
+        m.clear(3);
+        m.clear(5000);
+        assert!(!m.maybe(3) && !m.maybe(6000) && m.maybe(4095));
+    }
 }
