@@ -65,7 +65,6 @@ pub fn main(args: &Args) -> ExitCode {
 
 /// The program's command with the shim's environment, or why not.
 fn prepare(args: &Args) -> Result<Command, String> {
-    let shim = find_shim(args.shim.as_deref())?;
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some(epc) = &args.epc {
@@ -99,7 +98,7 @@ fn prepare(args: &Args) -> Result<Command, String> {
         cmd.env("VEPC_FAULTS", f);
     }
     // Keep whatever the caller preloads already, after the shim.
-    let mut preload = shim.into_os_string();
+    let mut preload = find_shim(args.shim.as_deref())?.into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|o| !o.is_empty()) {
         preload.push(":");
         preload.push(old);

@@ -249,25 +249,24 @@ fn bench_rejects_bad_sections_with_one_line() {
     }
 }
 
-/// The shim beside the `vepc` binary, as `cargo build` leaves it; `None` (with a
-/// visible note) when only this package was built.
-fn shim_beside_vepc() -> Option<std::path::PathBuf> {
-    let so = std::path::Path::new(env!("CARGO_BIN_EXE_vepc")).with_file_name("libvepc_preload.so");
-    if so.is_file() {
-        return Some(so);
-    }
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: {} not built (cargo test --workspace builds it)",
-        so.display()
-    );
-    None
+/// The shim beside the `vepc` binary, where `vepc preload` looks first. `cargo test`
+/// does not build a `cdylib`, so this asks cargo for it (a no-op when it is fresh).
+fn shim_beside_vepc() -> std::path::PathBuf {
+    let vepc = std::path::Path::new(env!("CARGO_BIN_EXE_vepc"));
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "vepc-preload", "--lib"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build -p vepc-preload: {status}");
+    let so = vepc.with_file_name("libvepc_preload.so");
+    assert!(so.is_file(), "{} was not built", so.display());
+    so
 }
 
 #[test]
 fn preload_runs_a_program_on_the_model() {
-    let Some(_) = shim_beside_vepc() else { return };
+    shim_beside_vepc();
     let dir = std::env::temp_dir().join(format!("vepc-cli-preload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let log = dir.join("calls.log");
@@ -343,9 +342,8 @@ fn preload_checks_its_options_before_the_program_starts() {
         );
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
-    if shim_beside_vepc().is_some() {
-        let out = vepc(&["preload", "--", "/nonexistent/program"], None);
-        assert_eq!(out.status.code(), Some(127));
-        assert!(text(&out.stderr).contains("cannot run /nonexistent/program"));
-    }
+    shim_beside_vepc();
+    let out = vepc(&["preload", "--", "/nonexistent/program"], None);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out.stderr).contains("cannot run /nonexistent/program"));
 }

@@ -2,21 +2,56 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// `libvepc_preload.so` of this build (cargo builds the package's library before its
-/// integration tests; the test binary lives in `target/<profile>/deps/`).
+/// `libvepc_preload.so` of this build, built first. `cargo test` compiles a
+/// `cdylib`-only package's library for nothing (its tests cannot link it), so the tests
+/// ask cargo for it themselves, once per test binary, with the profile and target
+/// directory they were built with: a no-op when it is fresh, never a stale shim.
 pub fn shim_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(build_shim)
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_shim() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    // target/<profile>/deps/<test binary>
     let profile_dir = exe
         .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps/<test>");
+        .and_then(Path::parent)
+        .ok_or("the test binary is not in target/<profile>/deps")?;
+    let target_dir = profile_dir.parent().ok_or("no target directory")?;
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "vepc-preload", "--lib"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => return Err("no profile directory".into()),
+    }
+    let status = cmd.status().map_err(|e| format!("cargo build: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build -p vepc-preload failed: {status}"));
+    }
     let so = profile_dir.join("libvepc_preload.so");
-    assert!(so.exists(), "{} was not built", so.display());
-    so
+    if so.exists() {
+        Ok(so)
+    } else {
+        Err(format!("{} was not built", so.display()))
+    }
 }
 
 /// A scratch directory, removed when dropped.
