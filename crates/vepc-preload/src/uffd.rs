@@ -189,7 +189,7 @@ impl Userfaultfd {
 
     /// Answers faults until the descriptor fails: `resolve(page address)` decides.
     ///
-    /// After each fault the thread keeps reading for [`SPIN`] before it sleeps in
+    /// After each fault the thread keeps reading for 200 µs before it sleeps in
     /// `poll`: a program touching page after page (QEMU's `prealloc`) faults again
     /// within microseconds, and on a virtual machine waking an idle vCPU for every
     /// fault costs more than the fault itself.
