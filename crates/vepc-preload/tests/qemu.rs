@@ -176,10 +176,10 @@ fn drive(child: &mut Child, qmp: &Path) -> Result<(), String> {
     }
 }
 
-/// The REMOVE_ALL calls split into QEMU's resets: the start-up reset's calls come
-/// before the QMP `system_reset`'s, and the log's `t_us` cannot tell them apart, but
-/// each reset starts again at S0 after the last section; a second round also does.
-/// So this returns the calls as rounds (S0..Sn each).
+/// The REMOVE_ALL calls as QEMU's rounds (`S0=1` per call). Each round calls every
+/// section once, in order, so the calls come in groups of `sections`: the start-up
+/// reset's round(s), then the QMP reset's. The tests compare the whole sequence, so a
+/// missing, extra or reordered call shows.
 fn rounds(log: &[Value], sections: usize) -> Vec<Vec<String>> {
     remove_alls(log)
         .chunks(sections)
