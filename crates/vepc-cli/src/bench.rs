@@ -17,7 +17,7 @@ use vepc::abi::{KernelVersion, PAGE_SIZE};
 use vepc::driver::{Device, ModelInstance};
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, Strategy, reset};
-use vepc::script::parse_size;
+use vepc::script::parse_epc_sizes;
 
 use crate::out;
 
@@ -149,11 +149,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let sections = args
-        .sections
-        .split(',')
-        .map(|s| parse_size(s.trim()).map_err(|e| format!("--sections: {e}")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let sections = parse_epc_sizes(&args.sections).map_err(|e| format!("--sections: {e}"))?;
     let total = Instant::now();
     let mut phases = Vec::new();
 

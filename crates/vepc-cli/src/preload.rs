@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use vepc::abi::KernelVersion;
-use vepc::model::Epc;
 use vepc::script;
 
 /// The shim's file name, as `cargo build --release` leaves it.
@@ -68,7 +67,7 @@ fn prepare(args: &Args) -> Result<Command, String> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some(epc) = &args.epc {
-        check_epc(epc)?;
+        script::parse_epc_sizes(epc).map_err(|e| format!("--epc {epc}: {e}"))?;
         cmd.env("VEPC_EPC", epc);
     }
     if let Some(k) = &args.kernel {
@@ -131,21 +130,6 @@ fn find_shim(given: Option<&Path>) -> Result<PathBuf, String> {
                 looked.join(", ")
             )
         })
-}
-
-fn check_epc(value: &str) -> Result<(), String> {
-    let sizes = value
-        .split([' ', ','])
-        .filter(|w| !w.is_empty())
-        .map(|w| script::parse_size(w).map_err(|e| format!("--epc {value}: '{w}': {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    if sizes.is_empty() || sizes.iter().any(|&s| s == 0 || !s.is_multiple_of(4096)) {
-        return Err(format!(
-            "--epc {value}: each section must be a non-zero multiple of 4K"
-        ));
-    }
-    Epc::check_sizes(&sizes).map_err(|e| format!("--epc {value}: {e}"))?;
-    Ok(())
 }
 
 /// The program may change directory before it opens anything: give it absolute paths.

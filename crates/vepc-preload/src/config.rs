@@ -12,7 +12,6 @@
 use std::path::PathBuf;
 
 use vepc::abi::KernelVersion;
-use vepc::model::Epc;
 use vepc::script::{self, DEFAULT_EPC, Script};
 
 use crate::inject::{InjectError, Injections};
@@ -129,7 +128,9 @@ impl Config {
         // parsed script has the defaults where it has no such line).
         let parsed: Option<&Script> = script.as_ref().map(|(_, _, s)| s);
         let epc = match var("VEPC_EPC") {
-            Some(value) => parse_epc(&value).map_err(|why| ConfigError::Epc { value, why })?,
+            Some(value) => {
+                script::parse_epc_sizes(&value).map_err(|why| ConfigError::Epc { value, why })?
+            }
             None => parsed.map_or(vec![DEFAULT_EPC], |s| s.epc.clone()),
         };
         let kernel = match var("VEPC_KERNEL") {
@@ -157,26 +158,6 @@ impl Config {
             faults,
         })
     }
-}
-
-/// `VEPC_EPC`: sizes as SCRIPT.md spells them, separated by spaces or commas, each a
-/// non-zero multiple of 4K, together an EPC the model can hold.
-fn parse_epc(value: &str) -> Result<Vec<u64>, String> {
-    let sizes = value
-        .split([' ', ',', '\t'])
-        .filter(|w| !w.is_empty())
-        .map(|w| script::parse_size(w).map_err(|e| format!("'{w}': {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    if sizes.is_empty() {
-        return Err("no section size given".into());
-    }
-    if let Some(bad) = sizes.iter().find(|&&s| s == 0 || !s.is_multiple_of(4096)) {
-        return Err(format!(
-            "an EPC section must be a non-zero multiple of 4K, not {bad} bytes"
-        ));
-    }
-    Epc::check_sizes(&sizes).map_err(|e| e.to_string())?;
-    Ok(sizes)
 }
 
 #[cfg(test)]

@@ -118,14 +118,7 @@ impl Userfaultfd {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_API reads and writes a `struct uffdio_api`, which `api` is.
-        let r = unsafe {
-            real::ioctl(
-                fd.as_raw_fd(),
-                UFFDIO_API.into(),
-                (&raw mut api) as libc::c_ulong,
-            )
-        };
-        if r != 0 {
+        if unsafe { uffd_ioctl(&fd, UFFDIO_API, &mut api) } != 0 {
             return Err(format!("UFFDIO_API answered {}", errno()));
         }
         Ok(Self { fd })
@@ -171,14 +164,7 @@ impl Userfaultfd {
             ioctls: 0,
         };
         // SAFETY: UFFDIO_REGISTER reads and writes a `struct uffdio_register`.
-        let r = unsafe {
-            real::ioctl(
-                self.fd.as_raw_fd(),
-                UFFDIO_REGISTER.into(),
-                (&raw mut reg) as libc::c_ulong,
-            )
-        };
-        if r != 0 {
+        if unsafe { uffd_ioctl(&self.fd, UFFDIO_REGISTER, &mut reg) } != 0 {
             return Err(errno());
         }
         if reg.ioctls & UFFDIO_COPY_BIT == 0 {
@@ -244,13 +230,7 @@ impl Userfaultfd {
                     };
                     // SAFETY: UFFDIO_COPY reads a zero page from our static and fills
                     // the faulting page, which lies in a range we registered.
-                    let r = unsafe {
-                        real::ioctl(
-                            self.fd.as_raw_fd(),
-                            UFFDIO_COPY.into(),
-                            (&raw mut copy) as libc::c_ulong,
-                        )
-                    };
+                    let r = unsafe { uffd_ioctl(&self.fd, UFFDIO_COPY, &mut copy) };
                     // EEXIST: another mapping of the same page filled it first; the
                     // toucher only needs waking.
                     if r != 0 {
@@ -285,12 +265,22 @@ impl Userfaultfd {
             len: PAGE as u64,
         };
         // SAFETY: UFFDIO_WAKE reads a `struct uffdio_range`.
-        unsafe {
-            real::ioctl(
-                self.fd.as_raw_fd(),
-                UFFDIO_WAKE.into(),
-                (&raw mut range) as libc::c_ulong,
-            )
-        };
+        unsafe { uffd_ioctl(&self.fd, UFFDIO_WAKE, &mut range) };
+    }
+}
+
+/// One userfaultfd request whose argument is a struct the kernel reads (and may write).
+///
+/// # Safety
+/// `T` must be the struct `request` takes, laid out as `linux/userfaultfd.h` has it.
+unsafe fn uffd_ioctl<T>(fd: &OwnedFd, request: u32, arg: &mut T) -> libc::c_int {
+    // SAFETY: `arg` is a live, exclusive `T`, and the caller vouches that `T` is what
+    // `request` reads and writes.
+    unsafe {
+        real::ioctl(
+            fd.as_raw_fd(),
+            request.into(),
+            std::ptr::from_mut(arg) as libc::c_ulong,
+        )
     }
 }

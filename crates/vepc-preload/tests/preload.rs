@@ -315,6 +315,11 @@ impl Ran {
 }
 
 fn run(scenario: &str, env: &[(&str, &str)]) -> Ran {
+    run_with_script(scenario, None, env)
+}
+
+/// [`run`] with `script` as the child's `VEPC_SCRIPT`.
+fn run_with_script(scenario: &str, script: Option<&str>, env: &[(&str, &str)]) -> Ran {
     let dir = Scratch::new(scenario);
     let log = dir.path.join("vepc.log");
     let exe = std::env::current_exe().expect("own path");
@@ -327,6 +332,9 @@ fn run(scenario: &str, env: &[(&str, &str)]) -> Ran {
         .env_remove("VEPC_EPC")
         .env_remove("VEPC_KERNEL")
         .env_remove("VEPC_FAULTS");
+    if let Some(text) = script {
+        cmd.env("VEPC_SCRIPT", dir.file("guest.vsim", text));
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -443,18 +451,9 @@ fn release_waits_for_the_last_reference() {
 }
 
 fn the_script_runs_before_the_first_remove_all() {
-    let dir = Scratch::new("script-file");
-    let script = dir.file(
-        "split.vsim",
-        "ecreate S0 0 E\neadd S1 0 E tcs\neadd S1 1 E reg\nstats\nexpect free=29 used=3 zombie=0\n",
-    );
-    let r = run(
-        "script",
-        &[
-            ("VEPC_EPC", "128K"),
-            ("VEPC_SCRIPT", &script.to_string_lossy()),
-        ],
-    );
+    let split = "ecreate S0 0 E\neadd S1 0 E tcs\neadd S1 1 E reg\n\
+                 stats\nexpect free=29 used=3 zombie=0\n";
+    let r = run_with_script("script", Some(split), &[("VEPC_EPC", "128K")]);
     ok(&r);
     assert_eq!(
         (r.get("s0"), r.get("s1"), r.get("s0_again")),
@@ -475,8 +474,7 @@ fn the_script_runs_before_the_first_remove_all() {
         "every expect held"
     );
     // An instance the program never mapped cannot be named: said on stderr.
-    let bad = dir.file("s2.vsim", "touch S2 0\n");
-    let r = run("script", &[("VEPC_SCRIPT", &bad.to_string_lossy())]);
+    let r = run_with_script("script", Some("touch S2 0\n"), &[]);
     ok(&r);
     let stderr = String::from_utf8_lossy(&r.out.stderr);
     assert!(
@@ -486,18 +484,8 @@ fn the_script_runs_before_the_first_remove_all() {
 }
 
 fn a_failed_expect_is_reported() {
-    let dir = Scratch::new("expect");
-    let script = dir.file(
-        "e.vsim",
-        "touch S0 0\nstats\nexpect free=0 used=0 zombie=0\n",
-    );
-    let r = run(
-        "script",
-        &[
-            ("VEPC_EPC", "64K"),
-            ("VEPC_SCRIPT", &script.to_string_lossy()),
-        ],
-    );
+    let failing = "touch S0 0\nstats\nexpect free=0 used=0 zombie=0\n";
+    let r = run_with_script("script", Some(failing), &[("VEPC_EPC", "64K")]);
     ok(&r);
     let stderr = String::from_utf8_lossy(&r.out.stderr);
     assert!(

@@ -62,9 +62,9 @@ struct Run {
     stderr: String,
 }
 
-/// Starts QEMU with the two sections (64M and 32M, both on node 0), sends
-/// `system_reset`, quits, and returns the log.
-fn run_qemu(qemu: &Path, env: &[(&str, &str)]) -> Run {
+/// Starts QEMU with the two sections (64M and 32M, both on node 0) and, if
+/// given, `script` as `VEPC_SCRIPT`; sends `system_reset`, quits, and returns the log.
+fn run_qemu(qemu: &Path, script: Option<&str>, env: &[(&str, &str)]) -> Run {
     let dir = Scratch::new("qemu");
     let log = dir.path.join("vepc.log");
     let qmp = dir.path.join("qmp.sock");
@@ -84,6 +84,9 @@ fn run_qemu(qemu: &Path, env: &[(&str, &str)]) -> Run {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    if let Some(text) = script {
+        cmd.env("VEPC_SCRIPT", dir.file("guest.vsim", text));
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -214,7 +217,7 @@ fn qemu_resets_every_section_once_per_round() {
     let Some(qemu) = qemu_or_skip("qemu_resets_every_section_once_per_round") else {
         return;
     };
-    let run = run_qemu(&qemu, &[("VEPC_EPC", "64M 32M")]);
+    let run = run_qemu(&qemu, None, &[("VEPC_EPC", "64M 32M")]);
     let log = &run.log;
     // QEMU probes the device once while registering its types (open, close), then
     // opens one instance per backend and maps it whole.
@@ -265,10 +268,7 @@ fn qemu_goes_round_again_for_a_secs_whose_children_are_elsewhere() {
     else {
         return;
     };
-    let dir = Scratch::new("split");
-    let script = dir.file("split.vsim", SPLIT);
-    let script = script.to_string_lossy();
-    let run = run_qemu(&qemu, &[("VEPC_SCRIPT", &script)]);
+    let run = run_qemu(&qemu, Some(SPLIT), &[]);
     let log = &run.log;
     // The script ran once, before the first REMOVE_ALL, and every step succeeded.
     let script_lines: Vec<&Value> = log.iter().filter(|l| l["call"] == "script").collect();
@@ -307,9 +307,7 @@ fn qemu_ignores_ebusy() {
     let Some(qemu) = qemu_or_skip("qemu_ignores_ebusy") else {
         return;
     };
-    let dir = Scratch::new("busy");
-    let script = dir.file("inside.vsim", INSIDE);
-    let run = run_qemu(&qemu, &[("VEPC_SCRIPT", &script.to_string_lossy())]);
+    let run = run_qemu(&qemu, Some(INSIDE), &[]);
     // QEMU tests only `r > 0`: -1 with EBUSY is neither retried nor reported, and
     // the enclave's pages stay valid through both resets.
     assert_eq!(
@@ -329,14 +327,10 @@ fn qemu_ignores_a_transient_ebusy_and_leaves_a_secs_behind() {
     let Some(qemu) = qemu_or_skip("qemu_ignores_a_transient_ebusy_and_leaves_a_secs_behind") else {
         return;
     };
-    let dir = Scratch::new("inject");
-    let script = dir.file("split.vsim", SPLIT);
     let run = run_qemu(
         &qemu,
-        &[
-            ("VEPC_SCRIPT", &script.to_string_lossy()),
-            ("VEPC_INJECT", "S0:remove-all=EBUSY@1"),
-        ],
+        Some(SPLIT),
+        &[("VEPC_INJECT", "S0:remove-all=EBUSY@1")],
     );
     let log = &run.log;
     // S0's first call fails before any EREMOVE; S1's children go; QEMU counts no
@@ -362,15 +356,7 @@ fn qemu_never_sees_enotty_from_an_old_kernel() {
     let Some(qemu) = qemu_or_skip("qemu_never_sees_enotty_from_an_old_kernel") else {
         return;
     };
-    let dir = Scratch::new("old");
-    let script = dir.file("split.vsim", SPLIT);
-    let run = run_qemu(
-        &qemu,
-        &[
-            ("VEPC_SCRIPT", &script.to_string_lossy()),
-            ("VEPC_KERNEL", "5.15"),
-        ],
-    );
+    let run = run_qemu(&qemu, Some(SPLIT), &[("VEPC_KERNEL", "5.15")]);
     // QEMU compares the return value with -ENOTTY, but ioctl() returns -1 and sets
     // errno: the warning never prints, the loop never breaks, and the guest's EPC
     // is left as it was.

@@ -34,12 +34,12 @@ impl Shim {
             Sharing::Private
         };
         let pgoff = off as u64 / PAGE;
-        // Length and offset first; the private check is the model's last.
-        let mapping = open.file.mmap(len as u64, Sharing::Shared, pgoff)?;
+        // The model checks length and offset, then shared-only. The VFS's EACCES
+        // comes between, but only for a shared mapping, which the last check passes.
+        let mapping = open.file.mmap(len as u64, sharing, pgoff)?;
         if shared && prot & libc::PROT_WRITE != 0 && !open.writable {
             return Err(Errno::EACCES);
         }
-        open.file.mmap(len as u64, sharing, pgoff)?;
         if matches!(self.faults(), Faults::Refused) {
             return Err(Errno::ENODEV);
         }
@@ -71,9 +71,11 @@ impl Shim {
             named.push(Arc::downgrade(open));
             named.len() - 1
         });
-        let replaced =
-            lock(&self.regions).insert(addr, plan.len, plan.pgoff, prot, Arc::clone(open));
-        self.tracked_regions.store(1, Ordering::Relaxed);
+        let replaced = {
+            let mut regions = lock(&self.regions);
+            self.any_regions.store(true, Ordering::Relaxed);
+            regions.insert(addr, plan.len, plan.pgoff, prot, Arc::clone(open))
+        };
         for r in replaced {
             self.release(Some(r));
         }
@@ -91,14 +93,15 @@ impl Shim {
     /// `[addr, addr + len)` is no longer mapped as it was (`munmap`, or a `MAP_FIXED`
     /// mapping of something else over it).
     pub fn unmapped(&self, addr: usize, len: usize) {
-        if self.tracked_regions.load(Ordering::Relaxed) == 0 {
+        // Every munmap and MAP_FIXED mapping of the program asks: most find nothing.
+        if !self.any_regions.load(Ordering::Relaxed) {
             return;
         }
         let gone = {
             let mut regions = lock(&self.regions);
             let gone = regions.remove(addr, len);
             if regions.is_empty() {
-                self.tracked_regions.store(0, Ordering::Relaxed);
+                self.any_regions.store(false, Ordering::Relaxed);
             }
             gone
         };

@@ -10,7 +10,7 @@ mod maps;
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde_json::Value;
@@ -85,7 +85,8 @@ pub struct Shim {
     fds: Mutex<HashMap<c_int, Arc<Open>>>,
     marks: FdMarks,
     regions: Mutex<Regions<Arc<Open>>>,
-    tracked_regions: AtomicUsize,
+    /// Whether `regions` has anything; written under its lock.
+    any_regions: AtomicBool,
     named: Mutex<Vec<Weak<Open>>>,
     remove_alls: AtomicU64,
     script: Mutex<Option<String>>,
@@ -147,7 +148,7 @@ impl Shim {
             fds: Mutex::default(),
             marks: FdMarks::default(),
             regions: Mutex::default(),
-            tracked_regions: AtomicUsize::new(0),
+            any_regions: AtomicBool::new(false),
             named: Mutex::default(),
             remove_alls: AtomicU64::new(0),
             script: Mutex::new(config.script.map(|(_, text)| text)),

@@ -6,7 +6,7 @@ mod run;
 
 pub use parse::{
     Command, DEFAULT_EPC, NumberError, ParseError, Script, Step, is_name, parse, parse_attached,
-    parse_number, parse_size,
+    parse_epc_sizes, parse_number, parse_size,
 };
 pub use run::{Mismatch, Outcome, Report, Runner};
 

@@ -308,6 +308,22 @@ impl Scope {
     }
 }
 
+/// An `epc` line's sizes given on their own, as `VEPC_EPC`, `vepc preload --epc` and
+/// `vepc bench --sections` take them: SCRIPT.md SIZEs separated by spaces or commas,
+/// together an EPC the model can hold ([`Epc::check_sizes`]).
+pub fn parse_epc_sizes(value: &str) -> Result<Vec<u64>, String> {
+    let sizes = value
+        .split([' ', ',', '\t'])
+        .filter(|w| !w.is_empty())
+        .map(|w| parse_size(w).map_err(|e| format!("'{w}': {e}")))
+        .collect::<Result<Vec<u64>, String>>()?;
+    if sizes.is_empty() {
+        return Err("no section size given".into());
+    }
+    Epc::check_sizes(&sizes).map_err(|e| e.to_string())?;
+    Ok(sizes)
+}
+
 /// Parses and validates a whole script.
 pub fn parse(src: &str) -> Result<Script, ParseError> {
     parse_attached(src, &[])
