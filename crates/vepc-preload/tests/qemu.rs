@@ -1,378 +1,346 @@
-//! A real client: Debian's QEMU, unmodified, on the model through the shim.
+//! The real client: QEMU on the model through the shim, as Debian builds it (stock)
+//! and with contrib/qemu's patch (patched), side by side.
 //!
 //! QEMU opens `/dev/sgx_vepc` once per `memory-backend-epc`, maps it `MAP_SHARED |
 //! MAP_FIXED` over a range it reserved, touches every page (`prealloc=on`), and
 //! registers `sgx_epc_reset` (hw/i386/sgx.c), which runs at the machine's first reset
 //! during start-up and at every reset after. Each test starts QEMU stopped (`-S`),
-//! sends `system_reset` over QMP, quits, and reads the shim's log.
+//! sends `system_reset` over QMP, quits, and reads the shim's log, reset by reset
+//! (`vepc_qemu::run`). Stock QEMU must keep showing each bug (so the tests would see
+//! a Debian update that fixes one); patched QEMU must show each fixed.
 //!
-//! Without `qemu-system-x86_64` the tests say so on stderr and skip, unless
-//! `VEPC_REQUIRE_QEMU=1` (set by `.ci/run` once it has installed QEMU), which makes a
-//! missing QEMU a failure.
+//! Stock is `qemu-system-x86_64` on `PATH`; patched is `$VEPC_QEMU_PATCHED` (the path
+//! `contrib/qemu/build` prints). A missing one is a visible skip, unless
+//! `VEPC_REQUIRE_QEMU=1` (set by `.ci/run` once it has installed and built both),
+//! which makes it a failure.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::path::PathBuf;
 
-use common::{Scratch, brief, read_log, remove_alls, shim_path};
-use serde_json::Value;
+use common::shim_path;
+use vepc_qemu::check::{INSIDE, SECS_FIRST, SPLIT, TRANSIENT_EBUSY};
+use vepc_qemu::disasm::{self, ThirdArg};
+use vepc_qemu::run::{Run, Setup, qemu_on_path, run};
 
-const QEMU: &str = "qemu-system-x86_64";
-
-fn qemu_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(QEMU))
-        .find(|p| p.is_file())
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// Debian's `qemu-system-x86`, unmodified.
+    Stock,
+    /// The same source with contrib/qemu's patch.
+    Patched,
 }
 
-/// QEMU, or a visible skip (a failure when CI has promised QEMU).
-fn qemu_or_skip(test: &str) -> Option<PathBuf> {
-    let found = qemu_binary();
-    if found.is_none() {
-        assert!(
-            std::env::var("VEPC_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "VEPC_REQUIRE_QEMU=1 but {QEMU} is not on PATH"
-        );
-        // Straight to stderr, past the test harness's capture: a skip must show.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: {QEMU} is not installed (apt-get install qemu-system-x86)"
-        );
-    }
-    found
-}
-
-fn accel() -> &'static str {
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if kvm { "kvm" } else { "tcg" }
-}
-
-/// What one QEMU run left.
-struct Run {
-    log: Vec<Value>,
-    stderr: String,
-}
-
-/// Starts QEMU with the issue's two sections (64M and 32M, both on node 0) and, if
-/// given, `script` as `VEPC_SCRIPT`; sends `system_reset`, quits, and returns the log.
-fn run_qemu(qemu: &Path, script: Option<&str>, env: &[(&str, &str)]) -> Run {
-    let dir = Scratch::new("qemu");
-    let log = dir.path.join("vepc.log");
-    let qmp = dir.path.join("qmp.sock");
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-nodefaults", "-display", "none", "-S", "-m", "256M"])
-        .args(["-accel", accel()])
-        .args(["-object", "memory-backend-epc,id=m0,size=64M,prealloc=on"])
-        .args(["-object", "memory-backend-epc,id=m1,size=32M,prealloc=on"])
-        .args([
-            "-M",
-            "q35,sgx-epc.0.memdev=m0,sgx-epc.0.node=0,sgx-epc.1.memdev=m1,sgx-epc.1.node=0",
-        ])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp.display()))
-        .env("LD_PRELOAD", shim_path())
-        .env("VEPC_LOG", &log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if let Some(text) = script {
-        cmd.env("VEPC_SCRIPT", dir.file("guest.vsim", text));
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start QEMU");
-    let outcome = drive(&mut child, &qmp);
-    let status = wait_for(&mut child, Duration::from_secs(30));
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    if let Err(e) = outcome {
-        panic!("QMP: {e}\nQEMU stderr:\n{stderr}");
-    }
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "QEMU did not quit cleanly ({status:?}); stderr:\n{stderr}"
-    );
-    Run {
-        log: read_log(&log),
-        stderr,
-    }
-}
-
-fn wait_for(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            return child.wait().ok();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The QMP conversation: capabilities, `system_reset` (waiting for its `RESET`
-/// event, which QEMU sends after the reset handlers ran), `quit`.
-fn drive(child: &mut Child, qmp: &Path) -> Result<(), String> {
-    let start = Instant::now();
-    let stream = loop {
-        if let Ok(s) = UnixStream::connect(qmp) {
-            break s;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("QEMU exited before QMP was up: {status}"));
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            return Err("no QMP socket after 60 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
-    let mut next = || -> Result<Value, String> {
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        serde_json::from_str(&line).map_err(|e| format!("{e}: {line:?}"))
-    };
-    let greeting = next()?;
-    if greeting.get("QMP").is_none() {
-        return Err(format!("not a QMP greeting: {greeting}"));
-    }
-    let mut send = |cmd: &str| writer.write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes());
-    send("qmp_capabilities").map_err(|e| e.to_string())?;
-    while next()?.get("return").is_none() {}
-    send("system_reset").map_err(|e| e.to_string())?;
-    let (mut returned, mut reset) = (false, false);
-    while !(returned && reset) {
-        let msg = next()?;
-        returned |= msg.get("return").is_some();
-        reset |= msg["event"] == "RESET";
-        if msg.get("error").is_some() {
-            return Err(format!("system_reset: {msg}"));
+/// The QEMUs there are, each with its build; a missing one is a visible skip.
+fn qemus(test: &str) -> Vec<(Build, PathBuf)> {
+    let required = std::env::var("VEPC_REQUIRE_QEMU").as_deref() == Ok("1");
+    let patched = std::env::var_os("VEPC_QEMU_PATCHED")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    let found = [(Build::Stock, qemu_on_path()), (Build::Patched, patched)];
+    let mut out = Vec::new();
+    for (build, path) in found {
+        match path {
+            Some(p) => out.push((build, p)),
+            None => {
+                let why = match build {
+                    Build::Stock => {
+                        "qemu-system-x86_64 is not on PATH (apt-get install qemu-system-x86)"
+                    }
+                    Build::Patched => {
+                        "VEPC_QEMU_PATCHED is not the path of a file (run contrib/qemu/build)"
+                    }
+                };
+                assert!(!required, "VEPC_REQUIRE_QEMU=1 but {why}");
+                // Straight to stderr, past the test harness's capture: a skip must show.
+                let _ = writeln!(std::io::stderr(), "SKIPPED {test} on {build:?} QEMU: {why}");
+            }
         }
     }
-    send("quit").map_err(|e| e.to_string())?;
-    // Closing the socket before QEMU has read `quit` would lose it: wait for its
-    // answer (or for QEMU to close the connection).
-    loop {
-        match next() {
-            Ok(msg) if msg.get("return").is_some() => return Ok(()),
-            Ok(_) => {}
-            Err(_) => return Ok(()),
-        }
+    out
+}
+
+/// Runs `setup` on every QEMU there is and hands each run to `check`.
+fn on_each_qemu(test: &str, setup: Setup, check: impl Fn(Build, &Run)) {
+    for (build, qemu) in qemus(test) {
+        let r = run(&qemu, &shim_path(), &setup)
+            .unwrap_or_else(|e| panic!("{build:?} QEMU ({}): {e}", qemu.display()));
+        check(build, &r);
     }
 }
 
-/// The REMOVE_ALL calls as QEMU's rounds (`S0=1` per call). Each round calls every
-/// section once, in order, so the calls come in groups of `sections`: the start-up
-/// reset's round(s), then the QMP reset's. The tests compare the whole sequence, so a
-/// missing, extra or reordered call shows.
-fn rounds(log: &[Value], sections: usize) -> Vec<Vec<String>> {
-    remove_alls(log)
-        .chunks(sections)
-        .map(|c| c.iter().map(|l| brief(l)).collect())
-        .collect()
+fn rounds(r: &Run, reset: usize) -> String {
+    r.resets[reset].rounds_text()
 }
 
-fn instances_mapped(log: &[Value]) -> Vec<(String, u64)> {
-    log.iter()
-        .filter(|l| l["call"].as_str().is_some_and(|c| c.starts_with("mmap")))
-        .filter(|l| l["result"].as_str().is_some_and(|r| r.starts_with("0x")))
-        .map(|l| {
-            (
-                l["instance"].as_str().unwrap_or("?").to_owned(),
-                l["len"].as_u64().unwrap_or(0),
-            )
-        })
-        .collect()
+fn valid(r: &Run, reset: usize) -> String {
+    r.resets[reset].valid_text()
 }
 
-fn last_valid_pages(log: &[Value], instance: &str) -> u64 {
-    remove_alls(log)
-        .iter()
-        .rev()
-        .find(|l| l["instance"] == instance)
-        .and_then(|l| l["valid_pages"].as_u64())
-        .unwrap_or(u64::MAX)
-}
+const RESET_ERROR: &str = "cannot reset vEPC section";
 
 #[test]
 fn qemu_resets_every_section_once_per_round() {
-    let Some(qemu) = qemu_or_skip("qemu_resets_every_section_once_per_round") else {
-        return;
-    };
-    let run = run_qemu(&qemu, None, &[("VEPC_EPC", "64M 32M")]);
-    let log = &run.log;
-    // QEMU probes the device once while registering its types (open, close), then
-    // opens one instance per backend and maps it whole.
-    let opens = log
-        .iter()
-        .filter(|l| {
-            l["call"].as_str().is_some_and(|c| c.contains("open")) && l["path"] == "/dev/sgx_vepc"
-        })
-        .count();
-    assert_eq!(opens, 3, "a probe and two backends");
-    assert_eq!(
-        instances_mapped(log),
-        vec![("S0".to_owned(), 64 << 20), ("S1".to_owned(), 32 << 20)]
+    on_each_qemu(
+        "qemu_resets_every_section_once_per_round",
+        Setup::default(),
+        |build, r| {
+            // QEMU probes the device once while registering its types (open, close),
+            // then opens one instance per backend and maps it whole.
+            let opens = r
+                .log
+                .iter()
+                .filter(|l| {
+                    l["call"].as_str().is_some_and(|c| c.contains("open"))
+                        && l["path"] == "/dev/sgx_vepc"
+                })
+                .count();
+            assert_eq!(opens, 3, "{build:?}: a probe and two backends");
+            let mapped: Vec<(&str, u64)> = r
+                .log
+                .iter()
+                .filter(|l| l["call"].as_str().is_some_and(|c| c.starts_with("mmap")))
+                .filter(|l| l["result"].as_str().is_some_and(|v| v.starts_with("0x")))
+                .map(|l| {
+                    (
+                        l["instance"].as_str().unwrap_or("?"),
+                        l["len"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                mapped,
+                vec![("S0", 64 << 20), ("S1", 32 << 20)],
+                "{build:?}"
+            );
+            // prealloc=on touched every page, and each touch was a fault the model
+            // counted; every call passed 0 as its argument.
+            for c in r.calls() {
+                let want = if c.instance == "S0" { 16384 } else { 8192 };
+                assert_eq!(c.present_pages, want, "{build:?}: {c}");
+                assert_eq!(c.arg, 0, "{build:?}: {c}");
+            }
+            // Two resets (start-up and system_reset), one round each.
+            assert_eq!(r.resets.len(), 2);
+            for n in 0..2 {
+                assert_eq!(rounds(r, n), "[S0=0 S1=0]", "{build:?}");
+                assert_eq!(valid(r, n), "valid pages after: S0=0 S1=0", "{build:?}");
+            }
+        },
     );
-    // prealloc=on touched every page, and each touch was a fault the model counted.
-    let calls = remove_alls(log);
-    assert!(!calls.is_empty());
-    for l in &calls {
-        let want = if l["instance"] == "S0" { 16384 } else { 8192 };
-        assert_eq!(l["present_pages"], want, "{l}");
-        // QEMU passes no third argument; what it leaves there reaches the kernel.
-        assert_eq!(l["arg"], "0x0", "{l}");
-    }
-    // Two resets (start-up and system_reset), one round each: nothing to retry.
-    assert_eq!(
-        rounds(log, 2),
-        vec![vec!["S0=0", "S1=0"], vec!["S0=0", "S1=0"]],
-        "stderr: {}",
-        run.stderr
-    );
-    assert_eq!(last_valid_pages(log, "S0"), 0);
-    assert_eq!(last_valid_pages(log, "S1"), 0);
 }
-
-/// An enclave whose SECS is in S0 and whose children are in S1: S0's first
-/// REMOVE_ALL must keep the SECS and answer 1, and QEMU must go round again.
-const SPLIT: &str = "\
-# SECS in the first section, its children in the second
-ecreate S0 0 Split
-eadd S1 0 Split tcs
-eadd S1 1 Split reg
-einit Split
-";
 
 #[test]
 fn qemu_goes_round_again_for_a_secs_whose_children_are_elsewhere() {
-    let Some(qemu) = qemu_or_skip("qemu_goes_round_again_for_a_secs_whose_children_are_elsewhere")
-    else {
-        return;
-    };
-    let run = run_qemu(&qemu, Some(SPLIT), &[]);
-    let log = &run.log;
-    // The script ran once, before the first REMOVE_ALL, and every step succeeded.
-    let script_lines: Vec<&Value> = log.iter().filter(|l| l["call"] == "script").collect();
-    assert_eq!(script_lines.len(), 4, "{script_lines:?}");
-    assert!(
-        script_lines.iter().all(|l| l["result"] == "ok"),
-        "{script_lines:?}"
-    );
-    // Start-up reset: round 1 leaves the SECS (1), round 2 removes it; then the
-    // QMP reset finds nothing.
-    assert_eq!(
-        rounds(log, 2),
-        vec![
-            vec!["S0=1", "S1=0"],
-            vec!["S0=0", "S1=0"],
-            vec!["S0=0", "S1=0"],
-        ]
-    );
-    let first = remove_alls(log)[0];
-    assert_eq!(first["valid_pages"], 1, "the SECS stays after round 1");
-    assert_eq!(last_valid_pages(log, "S0"), 0);
-    assert_eq!(last_valid_pages(log, "S1"), 0);
-    assert!(!run.stderr.contains("cannot reset vEPC"), "{}", run.stderr);
-}
-
-/// A vCPU inside an enclave: EREMOVE answers SGX_ENCLAVE_ACT, the kernel EBUSY.
-const INSIDE: &str = "\
-ecreate S0 0 Busy
-eadd S0 1 Busy tcs
-einit Busy
-eenter Busy S0 1
-";
-
-#[test]
-fn qemu_ignores_ebusy() {
-    let Some(qemu) = qemu_or_skip("qemu_ignores_ebusy") else {
-        return;
-    };
-    let run = run_qemu(&qemu, Some(INSIDE), &[]);
-    // QEMU tests only `r > 0`: -1 with EBUSY is neither retried nor reported, and
-    // the enclave's pages stay valid through both resets.
-    assert_eq!(
-        rounds(&run.log, 2),
-        vec![vec!["S0=EBUSY", "S1=0"], vec!["S0=EBUSY", "S1=0"]]
-    );
-    assert_eq!(last_valid_pages(&run.log, "S0"), 2);
-    assert!(
-        !run.stderr.contains("vEPC"),
-        "QEMU said nothing: {}",
-        run.stderr
+    on_each_qemu(
+        "qemu_goes_round_again_for_a_secs_whose_children_are_elsewhere",
+        Setup::default().script(SPLIT),
+        |build, r| {
+            // The script ran once, before the first REMOVE_ALL, and every step held.
+            let script: Vec<_> = r.log.iter().filter(|l| l["call"] == "script").collect();
+            assert_eq!(script.len(), 4, "{script:?}");
+            assert!(script.iter().all(|l| l["result"] == "ok"), "{script:?}");
+            // Round 1 keeps the SECS (S0 answers 1), round 2 removes it. Both builds.
+            assert_eq!(rounds(r, 0), "[S0=1 S1=0] [S0=0 S1=0]", "{build:?}");
+            assert_eq!(
+                r.resets[0].calls[0].valid_pages, 1,
+                "the SECS after round 1"
+            );
+            assert_eq!(valid(r, 0), "valid pages after: S0=0 S1=0", "{build:?}");
+            assert_eq!(rounds(r, 1), "[S0=0 S1=0]", "{build:?}");
+            assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
+        },
     );
 }
 
 #[test]
-fn qemu_ignores_a_transient_ebusy_and_leaves_a_secs_behind() {
-    let Some(qemu) = qemu_or_skip("qemu_ignores_a_transient_ebusy_and_leaves_a_secs_behind") else {
-        return;
-    };
-    let run = run_qemu(
-        &qemu,
-        Some(SPLIT),
-        &[("VEPC_INJECT", "S0:remove-all=EBUSY@1")],
+fn a_transient_ebusy_leaves_a_secs_behind_stock_qemu() {
+    on_each_qemu(
+        "a_transient_ebusy_leaves_a_secs_behind_stock_qemu",
+        Setup::default()
+            .script(SPLIT)
+            .env("VEPC_INJECT", TRANSIENT_EBUSY),
+        |build, r| {
+            assert!(r.resets[0].calls[0].injected);
+            match build {
+                // Stock tests only r > 0: S0's EBUSY counts as no failure, there is no
+                // second round, and the SECS outlives the reset silently; only the
+                // next reset removes it.
+                Build::Stock => {
+                    assert_eq!(rounds(r, 0), "[S0=EBUSY S1=0]");
+                    assert_eq!(valid(r, 0), "valid pages after: S0=1 S1=0");
+                    assert_eq!(rounds(r, 1), "[S0=0 S1=0]");
+                }
+                // Patched counts it: round 2 removes the SECS, whose children went in
+                // round 1.
+                Build::Patched => {
+                    assert_eq!(rounds(r, 0), "[S0=EBUSY S1=0] [S0=0 S1=0]");
+                    assert_eq!(valid(r, 0), "valid pages after: S0=0 S1=0");
+                }
+            }
+            assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
+        },
     );
-    let log = &run.log;
-    // S0's first call fails before any EREMOVE; S1's children go; QEMU counts no
-    // failure (it looks for r > 0 only), so there is no second round and the SECS
-    // outlives the reset. The next reset removes it.
-    assert_eq!(
-        rounds(log, 2),
-        vec![vec!["S0=EBUSY", "S1=0"], vec!["S0=0", "S1=0"]]
+}
+
+/// Why the patch allows a third round: after a transient EBUSY, the section's second
+/// round is its first complete pass, and a SECS below its own children answers
+/// SGX_CHILD_PRESENT in it once more.
+#[test]
+fn a_transient_ebusy_before_a_secs_below_its_children_takes_three_rounds() {
+    on_each_qemu(
+        "a_transient_ebusy_before_a_secs_below_its_children_takes_three_rounds",
+        Setup::default()
+            .script(SECS_FIRST)
+            .env("VEPC_INJECT", TRANSIENT_EBUSY),
+        |build, r| {
+            match build {
+                Build::Stock => {
+                    assert_eq!(rounds(r, 0), "[S0=EBUSY S1=0]");
+                    assert_eq!(valid(r, 0), "valid pages after: S0=3 S1=0");
+                }
+                Build::Patched => {
+                    // A two-round loop would stop after [S0=1 S1=0] and report S0.
+                    assert_eq!(rounds(r, 0), "[S0=EBUSY S1=0] [S0=1 S1=0] [S0=0 S1=0]");
+                    assert_eq!(valid(r, 0), "valid pages after: S0=0 S1=0");
+                }
+            }
+            assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
+        },
     );
-    let calls = remove_alls(log);
-    assert_eq!(calls[0]["injected"], true);
-    assert_eq!(calls[1]["valid_pages"], 0);
-    assert_eq!(
-        calls[0]["valid_pages"], 1,
-        "the SECS survived the first reset"
-    );
-    assert_eq!(last_valid_pages(log, "S0"), 0);
-    assert!(!run.stderr.contains("vEPC"), "{}", run.stderr);
 }
 
 #[test]
-fn qemu_never_sees_enotty_from_an_old_kernel() {
-    let Some(qemu) = qemu_or_skip("qemu_never_sees_enotty_from_an_old_kernel") else {
-        return;
-    };
-    let run = run_qemu(&qemu, Some(SPLIT), &[("VEPC_KERNEL", "5.15")]);
-    // QEMU compares the return value with -ENOTTY, but ioctl() returns -1 and sets
-    // errno: the warning never prints, the loop never breaks, and the guest's EPC
-    // is left as it was.
-    assert_eq!(
-        rounds(&run.log, 2),
-        vec![
-            vec!["S0=ENOTTY", "S1=ENOTTY"],
-            vec!["S0=ENOTTY", "S1=ENOTTY"]
-        ]
+fn a_thread_left_inside_an_enclave_is_reported_by_patched_qemu_only() {
+    on_each_qemu(
+        "a_thread_left_inside_an_enclave_is_reported_by_patched_qemu_only",
+        Setup::default().script(INSIDE),
+        |build, r| {
+            let reports = r.stderr_lines(RESET_ERROR);
+            match build {
+                // -1 with EBUSY is neither retried nor reported.
+                Build::Stock => {
+                    for n in 0..2 {
+                        assert_eq!(rounds(r, n), "[S0=EBUSY S1=0]");
+                    }
+                    assert!(reports.is_empty(), "{}", r.stderr);
+                }
+                // Every round tries again; after the last, S0 is reported once per
+                // reset with its errno, S1 (fine) never.
+                Build::Patched => {
+                    for n in 0..2 {
+                        assert_eq!(
+                            rounds(r, n),
+                            "[S0=EBUSY S1=0] [S0=EBUSY S1=0] [S0=EBUSY S1=0]"
+                        );
+                    }
+                    assert_eq!(
+                        reports,
+                        vec![
+                            "qemu-system-x86_64: cannot reset vEPC section 0: Device or resource busy";
+                            2
+                        ]
+                    );
+                }
+            }
+            assert_eq!(valid(r, 1), "valid pages after: S0=2 S1=0", "{build:?}");
+            assert!(r.alive, "{build:?} QEMU answers QMP after the resets");
+        },
     );
-    assert_eq!(last_valid_pages(&run.log, "S0"), 1);
-    assert_eq!(last_valid_pages(&run.log, "S1"), 2);
-    assert!(
-        !run.stderr
-            .contains("does not support SGX_IOC_VEPC_REMOVE_ALL"),
-        "QEMU's warning printed after all: {}",
-        run.stderr
+}
+
+#[test]
+fn enotty_from_an_old_kernel_is_seen_by_patched_qemu_only() {
+    on_each_qemu(
+        "enotty_from_an_old_kernel_is_seen_by_patched_qemu_only",
+        Setup::default()
+            .script(SPLIT)
+            .env("VEPC_KERNEL", "5.15")
+            .resets(3),
+        |build, r| {
+            let warnings = r.stderr_lines("does not support SGX_IOC_VEPC_REMOVE_ALL");
+            assert_eq!(r.resets.len(), 4);
+            for n in 0..4 {
+                match build {
+                    // `r == -ENOTTY` never matches -1: no warning, and the loop goes
+                    // on to the next section.
+                    Build::Stock => {
+                        assert_eq!(rounds(r, n), "[S0=ENOTTY S1=ENOTTY]");
+                        assert!(warnings.is_empty(), "{}", r.stderr);
+                    }
+                    // errno is read: one call per reset, one warning per process.
+                    Build::Patched => {
+                        assert_eq!(rounds(r, n), "[S0=ENOTTY]");
+                        assert_eq!(warnings.len(), 1, "{}", r.stderr);
+                    }
+                }
+            }
+            // No REMOVE_ALL, no fallback in QEMU: the guest's EPC stays as it was.
+            assert_eq!(r.resets[3].calls[0].valid_pages, 1, "{build:?}");
+        },
     );
+}
+
+#[test]
+fn einval_is_reported_by_patched_qemu_only() {
+    on_each_qemu(
+        "einval_is_reported_by_patched_qemu_only",
+        Setup::default()
+            .script(SPLIT)
+            .env("VEPC_INJECT", "remove-all=EINVAL"),
+        |build, r| {
+            let reports = r.stderr_lines(RESET_ERROR);
+            match build {
+                Build::Stock => {
+                    assert_eq!(rounds(r, 0), "[S0=EINVAL S1=EINVAL]");
+                    assert!(reports.is_empty(), "{}", r.stderr);
+                }
+                Build::Patched => {
+                    assert_eq!(
+                        rounds(r, 0),
+                        "[S0=EINVAL S1=EINVAL] [S0=EINVAL S1=EINVAL] [S0=EINVAL S1=EINVAL]"
+                    );
+                    for s in 0..2 {
+                        let line = format!(
+                            "qemu-system-x86_64: cannot reset vEPC section {s}: Invalid argument"
+                        );
+                        assert_eq!(
+                            reports.iter().filter(|l| **l == line).count(),
+                            2,
+                            "once per reset: {}",
+                            r.stderr
+                        );
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// The log shows 0 in every run; the machine code shows whether that is by chance.
+/// Stock: `%rdx` is what `memory_region_get_fd()` left, and the return value is
+/// compared with -ENOTTY (`cmp $0xffffffe7,%eax`). Patched: `xor %edx,%edx`.
+#[test]
+fn the_third_argument_is_zero_by_construction_in_patched_qemu_only() {
+    for (build, qemu) in qemus("the_third_argument_is_zero_by_construction_in_patched_qemu_only") {
+        let sites = match disasm::remove_all_calls(&qemu) {
+            Ok(s) => s,
+            Err(e) => panic!("{build:?}: {e}"),
+        };
+        assert_eq!(sites.len(), 1, "{build:?}: one call site: {sites:?}");
+        let site = &sites[0];
+        match build {
+            Build::Stock => {
+                assert!(
+                    matches!(&site.third, ThirdArg::Leftover { from } if from.contains("memory_region_get_fd")),
+                    "{site:?}"
+                );
+                assert_eq!(site.then, "cmp    $0xffffffe7,%eax", "r == -ENOTTY");
+            }
+            Build::Patched => {
+                assert!(matches!(site.third, ThirdArg::Zeroed { .. }), "{site:?}");
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! What the shim's tests share: where the built shim is, and reading its log.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -87,23 +87,11 @@ impl Drop for Scratch {
 }
 
 /// Every line of a `VEPC_LOG` file.
-pub fn read_log(path: &std::path::Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad log line {l:?}: {e}")))
-        .collect()
-}
+pub use vepc_qemu::log::read as read_log;
 
 /// The REMOVE_ALL calls in a log, in order.
 pub fn remove_alls(log: &[Value]) -> Vec<&Value> {
     log.iter()
         .filter(|l| l["call"] == "ioctl" && l["request"] == "0xa404")
         .collect()
-}
-
-/// A REMOVE_ALL line as `S0=1`: instance and result.
-pub fn brief(l: &Value) -> String {
-    let r = &l["result"];
-    let r = r.as_str().map_or_else(|| r.to_string(), str::to_owned);
-    format!("{}={r}", l["instance"].as_str().unwrap_or("?"))
 }
