@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod preload;
 mod probe;
+mod qemu_check;
 mod selftest;
 mod sim;
 
@@ -33,6 +34,9 @@ enum Cmd {
     Selftest(selftest::Args),
     /// Run an unmodified program with the model as its /dev/sgx_vepc (LD_PRELOAD).
     Preload(preload::Args),
+    /// Check a QEMU binary's SGX reset on the model, case by case (exit 0 all pass,
+    /// 1 a bug, 2 could not run).
+    QemuCheck(qemu_check::Args),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
         Cmd::Probe(args) => probe::main(&args),
         Cmd::Selftest(args) => selftest::main(&args),
         Cmd::Preload(args) => preload::main(&args),
+        Cmd::QemuCheck(args) => qemu_check::main(&args),
     }
 }
 

@@ -106,7 +106,7 @@ fn prepare(args: &Args) -> Result<Command, String> {
     Ok(cmd)
 }
 
-fn find_shim(given: Option<&Path>) -> Result<PathBuf, String> {
+pub(crate) fn find_shim(given: Option<&Path>) -> Result<PathBuf, String> {
     let candidates: Vec<PathBuf> = match given {
         Some(p) => vec![p.to_owned()],
         None => std::env::var_os("VEPC_PRELOAD_SO")

@@ -338,3 +338,145 @@ fn preload_checks_its_options_before_the_program_starts() {
     assert_eq!(out.status.code(), Some(127));
     assert!(text(&out.stderr).contains("cannot run /nonexistent/program"));
 }
+
+/// A QEMU for `qemu-check`: stock from PATH, or the patched build from
+/// `$VEPC_QEMU_PATCHED`; a visible skip without it, a failure when CI promised it.
+fn qemu_for_check(test: &str, patched: bool) -> Option<String> {
+    let found = if patched {
+        std::env::var("VEPC_QEMU_PATCHED").ok()
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("qemu-system-x86_64"))
+                .find(|q| q.is_file())
+                .map(|q| q.to_string_lossy().into_owned())
+        })
+    };
+    let found = found.filter(|q| std::path::Path::new(q).is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("VEPC_REQUIRE_QEMU").as_deref() != Ok("1"),
+            "VEPC_REQUIRE_QEMU=1 but there is no {} QEMU",
+            if patched { "patched" } else { "stock" }
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no {} QEMU",
+            if patched {
+                "patched (VEPC_QEMU_PATCHED)"
+            } else {
+                "stock (qemu-system-x86_64 on PATH)"
+            }
+        );
+    }
+    found
+}
+
+fn qemu_check_json(qemu: &str) -> (Option<i32>, serde_json::Value) {
+    shim_beside_vepc();
+    let out = vepc(&["qemu-check", "--qemu", qemu, "--json"], None);
+    let v = serde_json::from_str(text(&out.stdout).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}{}", text(&out.stdout), text(&out.stderr)));
+    (out.status.code(), v)
+}
+
+#[test]
+fn qemu_check_names_the_bugs_of_stock_qemu() {
+    let Some(qemu) = qemu_for_check("qemu_check_names_the_bugs_of_stock_qemu", false) else {
+        return;
+    };
+    let (code, v) = qemu_check_json(&qemu);
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["status"], "bugs");
+    let verdicts: Vec<(String, String)> = v["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| {
+            let said = c["bug"]
+                .as_str()
+                .unwrap_or(c["verdict"].as_str().unwrap_or("?"));
+            (
+                c["name"].as_str().unwrap_or("?").to_owned(),
+                said.to_owned(),
+            )
+        })
+        .collect();
+    let want = [
+        ("split-secs", "pass"),
+        ("transient-ebusy", "ebusy-ignored"),
+        ("transient-ebusy-secs-first", "ebusy-ignored"),
+        ("persistent-ebusy", "ebusy-silent"),
+        ("enotty", "enotty-unseen"),
+        ("einval", "einval-silent"),
+        ("third-argument", "third-argument-implicit"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect();
+    assert_eq!(verdicts, want, "{v}");
+    // Every bug comes with the evidence from the log.
+    for c in v["cases"].as_array().expect("cases") {
+        assert!(
+            c["evidence"].as_array().is_some_and(|e| !e.is_empty()),
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn qemu_check_passes_patched_qemu() {
+    let Some(qemu) = qemu_for_check("qemu_check_passes_patched_qemu", true) else {
+        return;
+    };
+    let (code, v) = qemu_check_json(&qemu);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["status"], "pass");
+    assert!(
+        v["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .all(|c| c["verdict"] == "pass"),
+        "{v}"
+    );
+}
+
+#[test]
+fn qemu_check_that_cannot_run_exits_2_with_one_line() {
+    shim_beside_vepc();
+    for (args, says) in [
+        (
+            &["qemu-check", "--qemu", "/nonexistent/qemu"][..],
+            "cannot run /nonexistent/qemu",
+        ),
+        (
+            &[
+                "qemu-check",
+                "--qemu",
+                "/bin/true",
+                "--shim",
+                "/nonexistent.so",
+            ][..],
+            "cargo build --release",
+        ),
+    ] {
+        let out = vepc(args, None);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("vepc qemu-check: ") && err.contains(says),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+    // A program that is no QEMU: every case says why it could not run.
+    let out = vepc(&["qemu-check", "--qemu", "/bin/false"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("could not run"),
+        "{}",
+        text(&out.stdout)
+    );
+}
