@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use vepc::real::{MapOptions, SGX_VEPC_PATH, VepcError, VepcFd};
+use vepc::device::{MapOptions, SGX_VEPC_PATH, VepcError, VepcFd};
 
 use crate::out;
 

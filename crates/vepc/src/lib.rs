@@ -11,19 +11,24 @@
 //! - [`driver`]: Linux's `/dev/sgx_vepc` (`arch/x86/kernel/cpu/sgx/virt.c`) on top of
 //!   it: open, shared-only mmap, fault, `REMOVE_ALL`, release and the zombie list;
 //! - [`script`]: the scenario language of `vepc sim` (`SCRIPT.md`);
-//! - [`reset`]: the guest-reboot reset protocol, written once for both;
-//! - [`real`]: the real `/dev/sgx_vepc` for VMMs (the only module allowed `unsafe`);
+//! - [`device`]: `/dev/sgx_vepc` for VMMs, one API over the host's device and the
+//!   emulated one (the model with real memory a VMM can hand to KVM);
+//! - [`reset`]: the guest-reboot reset protocol, written once for every instance;
 //! - [`probe`]: what a host operator needs to know before starting SGX guests;
-//! - [`abi`]: request numbers, return codes and errno values, as the kernel has them.
+//! - [`abi`]: request numbers, return codes and errno values, as the kernel has them;
+//! - [`sys`]: the system calls underneath, the only place besides [`device`] allowed
+//!   `unsafe`.
 //!
 //! The reference the model is held to is `SEMANTICS.md` in the project's spec folder.
 
 pub mod abi;
+#[allow(unsafe_code)]
+pub mod device;
 pub mod driver;
 pub mod model;
 pub mod probe;
-#[allow(unsafe_code)]
-pub mod real;
 pub mod reset;
 pub mod script;
 mod sync;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -141,7 +141,12 @@ impl Device {
                 .sum::<usize>()
     }
 
-    fn warn(&self, msg: String) {
+    /// Whether the instance numbered `id` is not yet released.
+    pub fn is_live(&self, id: u64) -> bool {
+        lock(&self.live).contains_key(&id)
+    }
+
+    pub(crate) fn warn(&self, msg: String) {
         lock(&self.warnings).push(msg);
     }
 

@@ -87,6 +87,33 @@ impl SgxCpu {
 const SGX_BIT: u32 = 1 << 2;
 const SGX_LC_BIT: u32 = 1 << 30;
 
+/// How many leaf-0x12 sub-leaves to read at most (2 capability sub-leaves, then
+/// sections: Linux reads up to 8 sections).
+const MAX_SUBLEAVES: u32 = 2 + 8;
+
+/// This CPU's SGX leaves, decoded; `None` on a CPU that is not x86-64.
+pub fn read() -> Option<SgxCpu> {
+    let cpuid =
+        |leaf, sub| crate::sys::cpu::cpuid(leaf, sub).map(|[a, b, c, d]| Regs::new(a, b, c, d));
+    let max_leaf = cpuid(0, 0)?.eax;
+    let leaf7 = if max_leaf >= 7 {
+        cpuid(7, 0)?
+    } else {
+        Regs::default()
+    };
+    let mut leaf12 = Vec::new();
+    if max_leaf >= 0x12 && leaf7.ebx & SGX_BIT != 0 {
+        for sub in 0..MAX_SUBLEAVES {
+            let r = cpuid(0x12, sub)?;
+            leaf12.push(r);
+            if sub >= 2 && r.eax & 0xF == 0 {
+                break;
+            }
+        }
+    }
+    Some(decode(leaf7, &leaf12))
+}
+
 /// Decodes leaf 7 sub-leaf 0 and the sub-leaves of leaf 0x12 (index = sub-leaf;
 /// from 2 on, EPC sections until one of type 0).
 pub fn decode(leaf7: Regs, leaf12: &[Regs]) -> SgxCpu {

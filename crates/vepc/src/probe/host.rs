@@ -60,16 +60,25 @@ pub fn gather() -> HostFacts {
         .to_string_lossy()
         .into_owned();
     HostFacts {
-        cpu: crate::real::cpu::sgx(),
+        cpu: super::cpuid::read(),
         devices: SGX_NODES.iter().map(|p| device(p)).collect(),
         kernel: KernelVersion::parse(&release),
         kernel_release: release,
         node_epc: node_epc(Path::new("/sys/devices/system/node")),
-        kvm: crate::real::kvm::api_version().map_err(|e| match e {
+        kvm: kvm_api_version().map_err(|e| match e {
             Errno::ENOENT => "no /dev/kvm (KVM module not loaded, or no VT-x)".to_string(),
             e => format!("/dev/kvm: {e}"),
         }),
     }
+}
+
+/// `KVM_GET_API_VERSION`, `_IO(KVMIO, 0x00)`.
+const KVM_GET_API_VERSION: u32 = crate::abi::io(0xAE, 0x00);
+
+/// Opens `/dev/kvm` and asks its API version: `Ok(12)` when KVM works.
+fn kvm_api_version() -> Result<i32, Errno> {
+    let fd = crate::sys::fd::open_rdwr(Path::new("/dev/kvm"))?;
+    crate::sys::fd::ioctl_io(fd, KVM_GET_API_VERSION)
 }
 
 fn device(path: &str) -> DeviceNode {
@@ -90,30 +99,11 @@ fn device(path: &str) -> DeviceNode {
     DeviceNode {
         path: path.into(),
         exists: true,
-        owner: Some(name_of("/etc/passwd", st.st_uid)),
-        group: Some(group_name(st.st_gid)),
+        owner: Some(crate::sys::users::user_name(st.st_uid)),
+        group: Some(crate::sys::users::group_name(st.st_gid)),
         mode: Some(st.st_mode & 0o7777),
         open_error,
     }
-}
-
-/// The name of a group, or its number when `/etc/group` does not name it.
-pub(crate) fn group_name(gid: u32) -> String {
-    name_of("/etc/group", gid)
-}
-
-/// The name of a uid or gid from a passwd-style file, or the number.
-fn name_of(db: &str, id: u32) -> String {
-    std::fs::read_to_string(db)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                let name = f.next()?;
-                (f.nth(1)?.parse::<u32>().ok()? == id).then(|| name.to_owned())
-            })
-        })
-        .unwrap_or_else(|| id.to_string())
 }
 
 /// Per-node EPC from `nodeN/x86/sgx_total_bytes` under `root`.

@@ -1,10 +1,12 @@
-//! Errors of the real device, each saying what to do about it.
+//! Errors of `/dev/sgx_vepc`, host or emulated alike, each keeping the errno and
+//! saying what to do about it.
 
 use std::path::PathBuf;
 
 use crate::abi::Errno;
 
-/// A failed call on the real `/dev/sgx_vepc`.
+/// A failed call on `/dev/sgx_vepc` (the host's, or the emulated one: both answer
+/// with the same errnos, so both fail with the same errors).
 #[derive(Debug, thiserror::Error)]
 pub enum VepcError {
     /// `open` answered `ENOENT`/`ENODEV`/`ENXIO`.
@@ -78,22 +80,19 @@ impl VepcError {
         }
     }
 
-    pub(super) fn open(path: PathBuf, e: rustix::io::Errno) -> Self {
-        let errno = Errno::from_raw(e.raw_os_error());
+    pub(crate) fn open(path: PathBuf, errno: Errno) -> Self {
         match errno {
             Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => Self::NoDevice { path, errno },
             Errno::EACCES | Errno::EPERM => {
-                let group = rustix::fs::stat(&path)
-                    .ok()
-                    .map(|st| crate::probe::host::group_name(st.st_gid));
+                let group = crate::sys::users::group_of(&path);
                 Self::PermissionDenied { path, errno, group }
             }
             _ => Self::Os { op: "open", errno },
         }
     }
 
-    pub(super) fn mmap(e: rustix::io::Errno) -> Self {
-        match Errno::from_raw(e.raw_os_error()) {
+    pub(crate) fn mmap(errno: Errno) -> Self {
+        match errno {
             Errno::EINVAL => Self::InvalidArgument {
                 op: "mmap",
                 hint: "a vEPC must be mapped MAP_SHARED, with a non-zero length",
@@ -102,8 +101,8 @@ impl VepcError {
         }
     }
 
-    pub(super) fn remove_all(e: rustix::io::Errno) -> Self {
-        match Errno::from_raw(e.raw_os_error()) {
+    pub(crate) fn remove_all(errno: Errno) -> Self {
+        match errno {
             Errno::ENOTTY => Self::NoRemoveAll,
             Errno::EBUSY => Self::Busy,
             Errno::EINVAL => Self::InvalidArgument {
@@ -130,9 +129,9 @@ mod tests {
         let path = std::env::temp_dir().join(format!("vepc-perm-{}", std::process::id()));
         std::fs::write(&path, b"").expect("node");
         let gid = rustix::fs::stat(&path).expect("stat").st_gid;
-        let e = VepcError::open(path.clone(), rustix::io::Errno::ACCESS);
+        let e = VepcError::open(path.clone(), Errno::EACCES);
         let _ = std::fs::remove_file(&path);
-        let group = crate::probe::host::group_name(gid);
+        let group = crate::sys::users::group_name(gid);
         assert!(matches!(&e, VepcError::PermissionDenied { group: Some(g), .. } if *g == group));
         assert!(
             e.to_string()
@@ -141,7 +140,7 @@ mod tests {
         );
         assert_eq!(e.errno(), Errno::EACCES);
         // With the node gone, the advice still says where to look.
-        let e = VepcError::open("/nonexistent/x".into(), rustix::io::Errno::PERM);
+        let e = VepcError::open("/nonexistent/x".into(), Errno::EPERM);
         assert!(e.to_string().contains("ls -l"), "{e}");
     }
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 
 use vepc::abi::Errno;
-use vepc::real::{MapOptions, VepcError, VepcFd};
+use vepc::device::{MapOptions, VepcError, VepcFd};
 
 fn dev_null() -> VepcFd {
     let f = std::fs::OpenOptions::new()

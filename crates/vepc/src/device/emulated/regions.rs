@@ -2,24 +2,26 @@
 //! a new `MAP_FIXED` mapping or an `munmap` over part of a range leaves the pieces
 //! outside it, each with its own page offset into the instance.
 
+use crate::abi::PAGE_SIZE;
+
 /// One mapped range.
 #[derive(Debug, Clone)]
-pub struct Region<T> {
+pub(crate) struct Region<T> {
     /// First byte.
-    pub start: usize,
+    pub(crate) start: usize,
     /// One past the last byte.
-    pub end: usize,
+    pub(crate) end: usize,
     /// The instance page at `start`.
-    pub pgoff: u64,
+    pub(crate) pgoff: u64,
     /// `PROT_*` it was mapped with.
-    pub prot: i32,
+    pub(crate) prot: i32,
     /// What it maps.
-    pub what: T,
+    pub(crate) what: T,
 }
 
 /// Every tracked range.
 #[derive(Debug)]
-pub struct Regions<T> {
+pub(crate) struct Regions<T> {
     list: Vec<Region<T>>,
 }
 
@@ -29,12 +31,19 @@ impl<T> Default for Regions<T> {
     }
 }
 
-const PAGE: usize = 4096;
+const PAGE: usize = PAGE_SIZE as usize;
 
 impl<T: Clone> Regions<T> {
     /// Records a new mapping of `len` bytes at `start`; whatever it covers is gone (a
     /// `MAP_FIXED` mapping replaces what was there). Returns what was removed.
-    pub fn insert(&mut self, start: usize, len: usize, pgoff: u64, prot: i32, what: T) -> Vec<T> {
+    pub(crate) fn insert(
+        &mut self,
+        start: usize,
+        len: usize,
+        pgoff: u64,
+        prot: i32,
+        what: T,
+    ) -> Vec<T> {
         let removed = self.remove(start, len);
         self.list.push(Region {
             start,
@@ -48,7 +57,7 @@ impl<T: Clone> Regions<T> {
 
     /// Forgets `[start, start + len)`, as `munmap` does, splitting ranges it cuts.
     /// Returns the payloads of the pieces removed (one per range it touched).
-    pub fn remove(&mut self, start: usize, len: usize) -> Vec<T> {
+    pub(crate) fn remove(&mut self, start: usize, len: usize) -> Vec<T> {
         let end = start.saturating_add(len);
         let mut removed = Vec::new();
         let mut kept = Vec::with_capacity(self.list.len() + 1);
@@ -78,7 +87,7 @@ impl<T: Clone> Regions<T> {
     }
 
     /// The range holding `addr`, and the instance page index there.
-    pub fn find(&self, addr: usize) -> Option<(&Region<T>, u64)> {
+    pub(crate) fn find(&self, addr: usize) -> Option<(&Region<T>, u64)> {
         self.list
             .iter()
             .find(|r| r.start <= addr && addr < r.end)
@@ -86,12 +95,12 @@ impl<T: Clone> Regions<T> {
     }
 
     /// Every range, oldest first.
-    pub fn iter(&self) -> impl Iterator<Item = &Region<T>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Region<T>> {
         self.list.iter()
     }
 
     /// Whether nothing is tracked.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 }

@@ -1,0 +1,148 @@
+//! [`VepcFd`]: one open `/dev/sgx_vepc`, one method per operation, whichever device
+//! is behind it.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::emulated;
+use super::error::VepcError;
+use super::region::{EpcRegion, MapOptions};
+use crate::abi::SGX_IOC_VEPC_REMOVE_ALL;
+use crate::driver::VepcFile;
+
+/// Where Linux puts the device.
+pub const SGX_VEPC_PATH: &str = "/dev/sgx_vepc";
+
+/// An open `/dev/sgx_vepc`: one virtual EPC instance.
+///
+/// On the host it is the kernel's (**not yet run on SGX hardware**: every path is
+/// tested on this project's machines with non-vEPC files and `strace` only); on an
+/// [`Emulated`](super::Emulated) device it is the model's, with real memory.
+#[derive(Debug)]
+pub struct VepcFd {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+pub(super) enum Inner {
+    Host(OwnedFd),
+    Emulated(Arc<emulated::EmulatedFile>),
+}
+
+impl VepcFd {
+    /// `open("/dev/sgx_vepc", O_RDWR | O_CLOEXEC)` on the host.
+    pub fn open() -> Result<Self, VepcError> {
+        Self::open_path(SGX_VEPC_PATH)
+    }
+
+    /// Opens a vEPC device node at another path (a container's bind mount, say).
+    pub fn open_path(path: impl AsRef<Path>) -> Result<Self, VepcError> {
+        let path = path.as_ref();
+        crate::sys::fd::open_rdwr(path)
+            .map(|fd| Self {
+                inner: Inner::Host(fd),
+            })
+            .map_err(|e| VepcError::open(path.to_owned(), e))
+    }
+
+    pub(super) fn emulated(file: Arc<emulated::EmulatedFile>) -> Self {
+        Self {
+            inner: Inner::Emulated(file),
+        }
+    }
+
+    pub(super) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: EREMOVE every page of the instance.
+    ///
+    /// Returns the number of SECS pages that could not be removed because they still
+    /// have children (in this or another instance); the caller must run a second round
+    /// after every instance of the guest had its first (`crate::reset`). Kernel text
+    /// (`sgx.rst`): "It indicates a bug in the kernel or the userspace client if any of
+    /// the second round of SGX_IOC_VEPC_REMOVE_ALL calls has a return code other than 0."
+    pub fn remove_all(&self) -> Result<u64, VepcError> {
+        match &self.inner {
+            Inner::Host(fd) => crate::sys::fd::ioctl_io(fd, SGX_IOC_VEPC_REMOVE_ALL)
+                .map(|n| u64::try_from(n).unwrap_or(0)),
+            Inner::Emulated(f) => f.ioctl(SGX_IOC_VEPC_REMOVE_ALL, 0),
+        }
+        .map_err(VepcError::remove_all)
+    }
+
+    /// Maps `len` bytes of the instance `MAP_SHARED`, read-write, at an address the
+    /// kernel picks. The region is unmapped when dropped.
+    pub fn map(&self, len: usize, opts: MapOptions) -> Result<EpcRegion, VepcError> {
+        // SAFETY: no fixed address: nothing existing is replaced.
+        unsafe { EpcRegion::new(self, None, len, opts) }
+    }
+
+    /// Maps `len` bytes of the instance over `addr..addr + len` (`MAP_FIXED`), as QEMU
+    /// does over the range it reserved for guest RAM. Whatever was mapped there is
+    /// replaced. The region is unmapped when dropped.
+    ///
+    /// # Safety
+    ///
+    /// The range must be one the caller owns and that no Rust reference or other live
+    /// object points into: its old mapping disappears.
+    pub unsafe fn map_fixed(
+        &self,
+        addr: usize,
+        len: usize,
+        opts: MapOptions,
+    ) -> Result<EpcRegion, VepcError> {
+        // SAFETY: the caller's contract is this function's.
+        unsafe { EpcRegion::new(self, Some(addr), len, opts) }
+    }
+
+    /// The model's file behind an emulated fd (`None` on the host): for driving the
+    /// guest's side (ENCLS leaves) on the model, and for reading its state.
+    pub fn model(&self) -> Option<&VepcFile> {
+        self.emulated_file().map(|f| f.model())
+    }
+
+    /// The emulated instance behind the fd (`None` on the host).
+    pub fn emulated_file(&self) -> Option<&Arc<emulated::EmulatedFile>> {
+        match &self.inner {
+            Inner::Host(_) => None,
+            Inner::Emulated(f) => Some(f),
+        }
+    }
+
+    /// Pages of the instance that hold an EPC page, and of those the ones not
+    /// uninitialized (0 after a complete reset). Emulated fds only: the kernel does
+    /// not say.
+    pub fn pages(&self) -> Option<(u64, u64)> {
+        match &self.inner {
+            Inner::Host(_) => None,
+            Inner::Emulated(f) => Some((f.present_pages(), f.valid_pages())),
+        }
+    }
+}
+
+impl From<OwnedFd> for VepcFd {
+    /// Adopts a host vEPC fd the VMM was handed (a sandboxed VMM cannot `open` itself).
+    fn from(fd: OwnedFd) -> Self {
+        Self {
+            inner: Inner::Host(fd),
+        }
+    }
+}
+
+impl AsFd for VepcFd {
+    /// The host's fd, or the emulated instance's memfd.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match &self.inner {
+            Inner::Host(fd) => fd.as_fd(),
+            Inner::Emulated(f) => f.memfd(),
+        }
+    }
+}
+
+impl AsRawFd for VepcFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}

@@ -1,0 +1,111 @@
+//! `/dev/sgx_vepc` for VMMs: one API, two devices behind it.
+//!
+//! - the **host's** (`/dev/sgx_vepc`, Linux 5.13+), for SGX hosts;
+//! - the **emulated** one ([`Emulated`]): the model, in-process, with real memory a
+//!   VMM can hand to KVM, for everywhere else (CI, a laptop, an AMD host).
+//!
+//! A VMM written against [`VepcDevice`], [`VepcFd`], [`EpcRegion`] and [`VepcSection`]
+//! runs on either by changing the constructor of its [`VepcDevice`]; the reset
+//! protocol ([`crate::reset`]), its quiesce hook and its `ENOTTY` fallback work on
+//! both, and both fail with the same [`VepcError`]s.
+//!
+//! The layout follows rust-vmm's `kvm-ioctls`: [`VepcFd`] is one file descriptor with
+//! one method per operation the kernel's `sgx_vepc_fops` has (`mmap`, the ioctl).
+
+mod emulated;
+mod error;
+mod fd;
+mod region;
+mod section;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use emulated::{Emulated, EmulatedFile, FaultMode, Faults, Released};
+pub use error::VepcError;
+pub use fd::{SGX_VEPC_PATH, VepcFd};
+pub use region::{EpcRegion, MapOptions};
+pub use section::VepcSection;
+
+use crate::abi::KernelVersion;
+use crate::driver::{Device, Stats};
+use crate::model::{Epc, EpcError};
+
+/// Where vEPC instances come from: the host's `/dev/sgx_vepc`, or the emulated one.
+#[derive(Debug, Clone)]
+pub struct VepcDevice {
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Host(PathBuf),
+    Emulated { device: Arc<Emulated>, node: usize },
+}
+
+impl VepcDevice {
+    /// The host's `/dev/sgx_vepc`.
+    pub fn host() -> Self {
+        Self::host_at(SGX_VEPC_PATH)
+    }
+
+    /// A host vEPC node at another path (a container's bind mount, say).
+    pub fn host_at(path: impl Into<PathBuf>) -> Self {
+        Self {
+            kind: Kind::Host(path.into()),
+        }
+    }
+
+    /// The model as `/dev/sgx_vepc`: an EPC with one section per entry of
+    /// `section_bytes`, behaving like Linux 6.18, first touches served fast while
+    /// nothing can run out ([`FaultMode::Auto`]).
+    pub fn emulated(section_bytes: &[u64]) -> Result<Self, EpcError> {
+        let model = Device::new(Epc::new(section_bytes)?, KernelVersion::DEFAULT);
+        Ok(Self::emulated_on(&Emulated::new(model, FaultMode::Auto)))
+    }
+
+    /// An emulated device built by the caller (another kernel version, fault mode or
+    /// EPC).
+    pub fn emulated_on(device: &Arc<Emulated>) -> Self {
+        Self {
+            kind: Kind::Emulated {
+                device: Arc::clone(device),
+                node: 0,
+            },
+        }
+    }
+
+    /// The same device, with the instances it opens faulting their pages in from EPC
+    /// section `node` first, as a VMM pinning a section's vCPUs to NUMA node `node`
+    /// gets from the kernel. The host's kernel decides that itself: no effect there.
+    pub fn on_node(mut self, node: usize) -> Self {
+        if let Kind::Emulated { node: n, .. } = &mut self.kind {
+            *n = node;
+        }
+        self
+    }
+
+    /// `open()`: a new, empty instance.
+    pub fn open(&self) -> Result<VepcFd, VepcError> {
+        match &self.kind {
+            Kind::Host(path) => VepcFd::open_path(path),
+            Kind::Emulated { device, node } => device
+                .open(*node)
+                .map(VepcFd::emulated)
+                .map_err(|e| VepcError::open(SGX_VEPC_PATH.into(), e)),
+        }
+    }
+
+    /// The emulated device behind this one (`None` on the host).
+    pub fn emulation(&self) -> Option<&Arc<Emulated>> {
+        match &self.kind {
+            Kind::Host(_) => None,
+            Kind::Emulated { device, .. } => Some(device),
+        }
+    }
+
+    /// EPC usage of an emulated device, every touch counted (`None` on the host).
+    pub fn stats(&self) -> Option<Stats> {
+        self.emulation().map(|d| d.stats())
+    }
+}

@@ -1,0 +1,70 @@
+//! [`VepcSection`]: one guest EPC section as a VMM holds it, on either device.
+
+use super::error::VepcError;
+use super::{EpcRegion, MapOptions, VepcDevice, VepcFd};
+use crate::abi::Errno;
+use crate::reset::VepcInstance;
+
+/// One guest EPC section (QEMU: one `memory-backend-epc`): an open instance and its
+/// mapping, which the VMM hands to KVM as a memory slot, and which
+/// [`crate::reset::reset`] brings back to uninitialized on a guest reboot.
+#[derive(Debug)]
+pub struct VepcSection {
+    device: VepcDevice,
+    fd: VepcFd,
+    region: EpcRegion,
+    opts: MapOptions,
+}
+
+impl VepcSection {
+    /// Opens an instance of `device` and maps `len` bytes of it where the kernel
+    /// chooses.
+    pub fn open(device: &VepcDevice, len: usize, opts: MapOptions) -> Result<Self, VepcError> {
+        let fd = device.open()?;
+        let region = fd.map(len, opts)?;
+        Ok(Self::new(device.clone(), fd, region, opts))
+    }
+
+    /// A section the VMM opened and mapped itself (at a fixed address, say). `device`
+    /// is where [`recreate`](VepcInstance::recreate) opens a new instance on kernels
+    /// before 5.16.
+    pub fn new(device: VepcDevice, fd: VepcFd, region: EpcRegion, opts: MapOptions) -> Self {
+        Self {
+            device,
+            fd,
+            region,
+            opts,
+        }
+    }
+
+    /// The open instance.
+    pub fn fd(&self) -> &VepcFd {
+        &self.fd
+    }
+
+    /// The mapping, for the guest's memory slot.
+    pub fn region(&self) -> &EpcRegion {
+        &self.region
+    }
+
+    /// The device it was opened on.
+    pub fn device(&self) -> &VepcDevice {
+        &self.device
+    }
+}
+
+impl VepcInstance for VepcSection {
+    fn remove_all(&self) -> Result<u64, Errno> {
+        self.fd.remove_all().map_err(|e| e.errno())
+    }
+
+    /// Opens a new instance, maps it over the old one's range with `MAP_FIXED` (so the
+    /// guest's memory slot stays valid), then closes the old file: with its mapping
+    /// already replaced, that is its last reference, and the kernel releases it.
+    fn recreate(&mut self) -> Result<(), Errno> {
+        let new = self.device.open().map_err(|e| e.errno())?;
+        self.region.remap(&new, self.opts).map_err(|e| e.errno())?;
+        self.fd = new;
+        Ok(())
+    }
+}

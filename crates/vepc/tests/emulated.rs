@@ -1,0 +1,248 @@
+//! The emulated `/dev/sgx_vepc`: real memory whose first touches are the model's
+//! faults, in each way the device can serve them, and the same VMM code (sections, the
+//! reset protocol) that runs on the host's device.
+
+use std::sync::Arc;
+
+use vepc::abi::{Errno, KernelVersion, PAGE_SIZE};
+use vepc::device::{Emulated, FaultMode, Faults, MapOptions, VepcDevice, VepcSection};
+use vepc::driver::{Device, Stats};
+use vepc::model::{AddType, Epc};
+use vepc::reset::{ResetOptions, reset};
+
+const PAGE: usize = PAGE_SIZE as usize;
+
+fn emulated(pages: u64, mode: FaultMode) -> Arc<Emulated> {
+    emulated_on(pages, mode, KernelVersion::DEFAULT)
+}
+
+fn emulated_on(pages: u64, mode: FaultMode, kernel: KernelVersion) -> Arc<Emulated> {
+    let epc = Epc::new(&[pages * PAGE_SIZE]).expect("valid EPC");
+    Emulated::new(Device::new(epc, kernel), mode)
+}
+
+fn section(dev: &Arc<Emulated>, pages: usize) -> VepcSection {
+    VepcSection::open(
+        &VepcDevice::emulated_on(dev),
+        pages * PAGE,
+        MapOptions::default(),
+    )
+    .expect("open and map")
+}
+
+/// Touches each page of `pages` as a guest would: `Ok` where it got memory,
+/// `EFAULT` where it would have got SIGBUS.
+fn touch(
+    dev: &Emulated,
+    s: &VepcSection,
+    pages: impl IntoIterator<Item = usize>,
+) -> Vec<Result<(), Errno>> {
+    pages
+        .into_iter()
+        .map(|p| dev.touch(s.region().addr() + p * PAGE))
+        .collect()
+}
+
+fn used(dev: &Emulated) -> u64 {
+    dev.stats().used
+}
+
+#[test]
+fn fast_first_touches_are_counted_before_anything_reads_the_model() {
+    let dev = emulated(64, FaultMode::Auto);
+    let s = section(&dev, 32);
+    assert_eq!(dev.faults(), Faults::Fast, "32 mapped pages, 64 free");
+    assert!(touch(&dev, &s, [0, 7, 31]).iter().all(Result::is_ok));
+    // The model has not been asked yet; every reading counts the touches first.
+    assert_eq!(dev.model().stats().used, 0, "nothing settled yet");
+    assert_eq!(used(&dev), 3);
+    assert_eq!(s.fd().pages(), Some((3, 0)));
+    let indices: Vec<u64> = s
+        .fd()
+        .model()
+        .expect("emulated")
+        .vepc()
+        .pages()
+        .iter()
+        .map(|&(i, _)| i)
+        .collect();
+    assert_eq!(
+        indices,
+        [0, 7, 31],
+        "EPC taken for exactly the pages touched"
+    );
+    // A second touch of a page takes nothing more.
+    assert!(touch(&dev, &s, [7]).iter().all(Result::is_ok));
+    assert_eq!(used(&dev), 3);
+}
+
+#[test]
+fn a_mapping_that_could_run_out_turns_the_device_exact_and_sigbus_lands_where_it_must() {
+    let dev = emulated(16, FaultMode::Auto);
+    let a = section(&dev, 8);
+    assert!(touch(&dev, &a, 0..8).iter().all(Result::is_ok));
+    assert_eq!(dev.faults(), Faults::Fast);
+    // 16 more pages mapped, 8 EPC pages left: a touch could now fail.
+    let b = section(&dev, 16);
+    assert_eq!(dev.faults(), Faults::Exact);
+    assert_eq!(used(&dev), 8, "the fast touches were counted on the way");
+    let got = touch(&dev, &b, 0..16);
+    assert_eq!(&got[..8], &[Ok(()); 8]);
+    assert_eq!(
+        &got[8..],
+        &[Err(Errno::EFAULT); 8],
+        "SIGBUS from the 9th page on"
+    );
+    // A page that got SIGBUS keeps answering it.
+    assert_eq!(touch(&dev, &b, [8]), [Err(Errno::EFAULT)]);
+    assert_eq!(
+        dev.stats(),
+        Stats {
+            free: 0,
+            used: 16,
+            zombie: 0
+        }
+    );
+    assert!(dev.model().check().is_ok());
+}
+
+#[test]
+fn with_every_mapping_gone_first_touches_are_fast_again() {
+    let dev = emulated(16, FaultMode::Auto);
+    let a = section(&dev, 32);
+    assert_eq!(
+        dev.faults(),
+        Faults::Exact,
+        "more mapped than the EPC holds"
+    );
+    drop(a);
+    assert_eq!(used(&dev), 0, "released");
+    let b = section(&dev, 16);
+    assert_eq!(dev.faults(), Faults::Fast);
+    assert!(touch(&dev, &b, 0..16).iter().all(Result::is_ok));
+    assert_eq!(used(&dev), 16);
+}
+
+#[test]
+fn userfaultfd_mode_asks_the_model_at_every_first_touch() {
+    let dev = emulated(4, FaultMode::Userfaultfd);
+    dev.prepare()
+        .expect("userfaultfd on this machine (root in CI)");
+    let s = section(&dev, 8);
+    assert_eq!(dev.faults(), Faults::Exact);
+    let got = touch(&dev, &s, 0..8);
+    assert_eq!(got, [vec![Ok(()); 4], vec![Err(Errno::EFAULT); 4]].concat());
+    // Exact: counted as it happened, with nothing to settle.
+    assert_eq!(dev.model().stats().used, 4);
+}
+
+#[test]
+fn eager_mode_takes_every_page_at_mmap() {
+    let dev = emulated(4, FaultMode::Eager);
+    let s = section(&dev, 6);
+    assert_eq!(dev.model().stats().used, 4, "taken when mapped, untouched");
+    assert_eq!(
+        touch(&dev, &s, 0..6),
+        [vec![Ok(()); 4], vec![Err(Errno::EFAULT); 2]].concat()
+    );
+}
+
+#[test]
+fn populate_touches_what_fits() {
+    let dev = emulated(8, FaultMode::Auto);
+    let d = VepcDevice::emulated_on(&dev);
+    let opts = MapOptions {
+        populate: true,
+        noreserve: false,
+    };
+    let s = VepcSection::open(&d, 12 * PAGE, opts).expect("MAP_POPULATE does not fail mmap");
+    assert_eq!(s.fd().pages(), Some((8, 0)));
+    assert_eq!(used(&dev), 8);
+    // Every touch was decided as it happened: none had to be settled without a page.
+    assert_eq!(dev.model().warnings(), Vec::<String>::new());
+}
+
+#[test]
+fn release_frees_the_pages_when_the_fd_and_the_mapping_are_gone() {
+    let dev = emulated(16, FaultMode::Auto);
+    let released = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&released);
+    dev.on_release(move |r| seen.lock().expect("lock").push((r.id, r.stats.used)));
+    let s = section(&dev, 8);
+    assert!(touch(&dev, &s, 0..5).iter().all(Result::is_ok));
+    let id = s.fd().model().expect("emulated").vepc().id();
+    drop(s);
+    assert_eq!(*released.lock().expect("lock"), [(id, 0)]);
+    assert_eq!(dev.stats().free, 16);
+}
+
+/// The VMM code is the host's: sections, the guest's enclaves (built on the model, as
+/// the guest's ENCLS would), the reset protocol, the ENOTTY fallback.
+#[test]
+fn the_reset_protocol_runs_on_emulated_sections() {
+    let dev = emulated(64, FaultMode::Auto);
+    let mut guest = vec![section(&dev, 16), section(&dev, 16)];
+    assert!(touch(&dev, &guest[0], 0..16).iter().all(Result::is_ok));
+    assert!(touch(&dev, &guest[1], 0..16).iter().all(Result::is_ok));
+    dev.settle();
+    // SECS at page 0 of section 0, children in section 1: two rounds.
+    let epc = dev.model().epc();
+    let page = |s: &VepcSection, i| {
+        s.fd()
+            .model()
+            .expect("emulated")
+            .vepc()
+            .page(i)
+            .expect("touched")
+    };
+    let secs = page(&guest[0], 0);
+    epc.ecreate(secs).expect("ecreate");
+    epc.eadd(page(&guest[1], 0), secs, AddType::Tcs)
+        .expect("eadd");
+    epc.eadd(page(&guest[1], 1), secs, AddType::Reg)
+        .expect("eadd");
+    let report = reset(&mut guest, &ResetOptions::default(), None).expect("reset");
+    assert_eq!(report.round(1, 2), [Some(Ok(1)), Some(Ok(0))]);
+    assert_eq!(report.round(2, 2), [Some(Ok(0)), None]);
+    assert_eq!(guest[0].fd().pages(), Some((16, 0)));
+    assert_eq!(guest[1].fd().pages(), Some((16, 0)));
+}
+
+#[test]
+fn before_5_16_the_reset_recreates_each_section_in_place() {
+    let dev = emulated_on(64, FaultMode::Auto, KernelVersion::new(5, 15));
+    let mut guest = vec![section(&dev, 8)];
+    let addr = guest[0].region().addr();
+    assert!(touch(&dev, &guest[0], 0..8).iter().all(Result::is_ok));
+    assert_eq!(used(&dev), 8);
+    let report = reset(&mut guest, &ResetOptions::default(), None).expect("reset");
+    assert_eq!(report.recreated, Some(1));
+    assert_eq!(
+        guest[0].region().addr(),
+        addr,
+        "the guest's memory slot stays valid"
+    );
+    // The old instance is released, the new one holds nothing until touched, and its
+    // pages are where the old ones were.
+    assert_eq!(used(&dev), 0);
+    assert!(touch(&dev, &guest[0], [3]).iter().all(Result::is_ok));
+    assert_eq!(guest[0].fd().pages(), Some((1, 0)));
+}
+
+#[test]
+fn concurrent_fast_touches_each_count_once() {
+    let dev = emulated(512, FaultMode::Auto);
+    let s = section(&dev, 256);
+    std::thread::scope(|t| {
+        for k in 0..4 {
+            let (dev, s) = (&dev, &s);
+            t.spawn(move || {
+                for p in (k..256).step_by(4) {
+                    let _ = dev.touch(s.region().addr() + p * PAGE);
+                }
+            });
+        }
+    });
+    assert_eq!(s.fd().pages(), Some((256, 0)));
+    assert_eq!(used(&dev), 256);
+}
