@@ -9,7 +9,7 @@
 //! shows whatever a caller that passed no third argument left in `rdx`.
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
-use std::os::fd::IntoRawFd;
+use std::os::fd::AsRawFd;
 
 use serde_json::Value;
 use vepc::abi::Errno;
@@ -44,7 +44,9 @@ fn path_value() -> Value {
 fn open_vepc(call: &str, flags: c_int) -> c_int {
     let shim = shim();
     let r = shim.open(flags).and_then(|file| {
-        let fd = sys::memfd(flags & libc::O_CLOEXEC != 0)?.into_raw_fd();
+        // The program's descriptor is the instance's memfd, duplicated: the same open
+        // file, so what it maps is the instance's memory.
+        let fd = sys::dup(file.memfd().as_raw_fd(), flags & libc::O_CLOEXEC != 0)?;
         shim.opened(fd, file, flags);
         Ok(fd)
     });
@@ -111,7 +113,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
                 ("result", r.into()),
             ],
         );
-        shim.release(open);
+        // After the close: the last reference going releases the instance.
+        drop(open);
         set_errno(e);
     }
     r
@@ -261,33 +264,27 @@ unsafe fn mmap_vepc(
             ],
         );
     };
-    let plan = match shim
-        .mmap_plan(open, len, prot, flags, off)
-        .and_then(|p| sys::grow(fd, Shim::file_len(&p)).map(|()| p))
-    {
+    let plan = match shim.mmap_plan(open, len, prot, flags, off) {
         Ok(p) => p,
         Err(e) => {
             log(Err(e));
             return fail(e);
         }
     };
-    // SAFETY: the caller's mapping request, on the stand-in file, with a length the
-    // file now covers.
-    let p = unsafe { real::mmap64(addr, plan.len, prot, plan.flags, fd, off) };
-    if p == libc::MAP_FAILED {
-        let e = errno();
-        log(Err(e));
-        return fail(e);
+    // SAFETY: the program's own mapping request, with its address and flags: the
+    // caller's contract is mmap(2)'s.
+    let mapped = unsafe { open.file.mmap(addr as usize, len, prot, flags, plan.pgoff) };
+    match mapped {
+        Ok(p) => {
+            shim.mapped(open, &plan, len.next_multiple_of(4096));
+            log(Ok(p as u64));
+            p as *mut c_void
+        }
+        Err(e) => {
+            log(Err(e));
+            fail(e)
+        }
     }
-    if let Err(e) = shim.mapped(open, &plan, p as usize, prot) {
-        // SAFETY: undoes the mapping just made.
-        unsafe { real::munmap(p, plan.len) };
-        shim.unmapped(p as usize, plan.len);
-        log(Err(e));
-        return fail(e);
-    }
-    log(Ok(p as u64));
-    p
 }
 
 /// # Safety

@@ -9,8 +9,9 @@
 //!   mappings are real shared memory); `stat`/`access` of the path find a character
 //!   device;
 //! - `mmap` of that descriptor maps the instance (shared only, as the driver allows),
-//!   and each page's first touch takes an EPC page from the model, through
-//!   userfaultfd ([`uffd`]); with no EPC left the toucher gets SIGBUS;
+//!   and each page's first touch takes an EPC page from the model, as the library's
+//!   emulated device ([`vepc::device::Emulated`]) serves it; with no EPC left the
+//!   toucher gets SIGBUS;
 //! - `ioctl` goes to the model's `sgx_vepc_ioctl`; `close` (and the last `munmap`)
 //!   release the instance as the kernel would;
 //! - everything else goes on to glibc untouched.
@@ -18,19 +19,17 @@
 //! Configuration is by environment ([`config`]); `VEPC_LOG` records every intercepted
 //! call as a JSON line ([`log`]).
 //!
-//! Only the hooks, the system-call layer and userfaultfd use `unsafe`; each block says
-//! why it is sound. The decisions are in [`state`], in safe code.
+//! Only the hooks and the system-call layer use `unsafe`; each block says why it is
+//! sound. The decisions are in [`state`], in safe code; memory and first touches are
+//! the library's, the same code a Rust VMM uses in-process.
 
 pub mod config;
 pub mod inject;
 pub mod log;
-pub mod regions;
 pub mod state;
 
 #[allow(unsafe_code)]
 pub mod sys;
-#[allow(unsafe_code)]
-pub mod uffd;
 
 // Not in unit tests: the test binary would replace its own open() and mmap().
 #[cfg(not(test))]

@@ -3,7 +3,6 @@
 //! back into its own hooks), and the few system calls the model's stand-in file needs.
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_ulong, c_void};
-use std::os::fd::{FromRawFd, OwnedFd};
 
 use vepc::abi::Errno;
 
@@ -115,79 +114,17 @@ pub const VEPC_PATH: &CStr = c"/dev/sgx_vepc";
 /// with a minor given at boot; this one is made up and stable.
 pub const VEPC_RDEV: (u32, u32) = (10, 125);
 
-/// An anonymous shared file to stand for one open of the device: mapping it gives
-/// the program real shared memory, as the vEPC's pages are.
-pub fn memfd(cloexec: bool) -> Result<OwnedFd, Errno> {
-    let flags = if cloexec { libc::MFD_CLOEXEC } else { 0 };
-    // SAFETY: a NUL-terminated name and valid flags.
-    let fd = unsafe { libc::memfd_create(c"sgx_vepc".as_ptr(), flags) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    // SAFETY: memfd_create just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Grows the stand-in file to `len` bytes, so a mapping up to there is backed.
-pub fn grow(fd: c_int, len: u64) -> Result<(), Errno> {
-    let len = libc::off_t::try_from(len).map_err(|_| Errno::EOVERFLOW)?;
-    // SAFETY: plain fstat/ftruncate on a descriptor; `st` is written by the kernel.
-    unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd, &mut st) != 0 {
-            return Err(errno());
-        }
-        if st.st_size < len && libc::ftruncate(fd, len) != 0 {
-            return Err(errno());
-        }
-    }
-    Ok(())
-}
-
-/// Makes `[addr, addr + len)` answer every access with SIGBUS, as a vEPC page whose
-/// fault found no free EPC does: it maps an empty file there, and a shared mapping
-/// past the end of its file faults with SIGBUS (`BUS_ADRERR`), as the driver's
-/// `VM_FAULT_SIGBUS` does.
-pub fn map_sigbus(addr: usize, len: usize, prot: c_int) -> Result<(), Errno> {
-    use std::os::fd::AsRawFd;
-    use std::sync::OnceLock;
-    static EMPTY: OnceLock<Option<OwnedFd>> = OnceLock::new();
-    let fd = EMPTY
-        .get_or_init(|| memfd(true).ok())
-        .as_ref()
-        .ok_or(Errno::ENOMEM)?;
-    // SAFETY: the range lies inside a mapping the shim made for the program's
-    // instance (the caller found it in its region list); replacing it with MAP_FIXED
-    // is what the kernel's own fault path would leave: no memory there.
-    let p = unsafe {
-        real::mmap(
-            addr as *mut c_void,
-            len,
-            prot,
-            libc::MAP_SHARED | libc::MAP_FIXED,
-            fd.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(errno());
-    }
-    Ok(())
-}
-
-/// `madvise(MADV_POPULATE_WRITE)` (or `_READ` for a read-only mapping): faults every
-/// page in through the normal fault path, as `MAP_POPULATE` does. Its result is not
-/// reported, as `mmap` ignores a failed populate.
-pub fn populate(addr: usize, len: usize, prot: c_int) {
-    const MADV_POPULATE_READ: c_int = 22;
-    const MADV_POPULATE_WRITE: c_int = 23;
-    let advice = if prot & libc::PROT_WRITE != 0 {
-        MADV_POPULATE_WRITE
+/// A new descriptor for the same open file as `fd` (`F_DUPFD`, or `F_DUPFD_CLOEXEC`),
+/// made through glibc's next `fcntl`, so the shim's own hook does not see it.
+pub fn dup(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
+    let cmd = if cloexec {
+        libc::F_DUPFD_CLOEXEC
     } else {
-        MADV_POPULATE_READ
+        libc::F_DUPFD
     };
-    // SAFETY: the range is a mapping the shim just made; populating changes no data.
-    unsafe { libc::madvise(addr as *mut c_void, len, advice) };
+    // SAFETY: F_DUPFD(_CLOEXEC) with a lowest-number argument of 0.
+    let r = unsafe { real::fcntl(fd, cmd, 0) };
+    if r < 0 { Err(errno()) } else { Ok(r) }
 }
 
 /// What `stat` says of the made-up node: a character device, mode 0600, owned by

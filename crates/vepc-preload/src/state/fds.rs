@@ -6,29 +6,30 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use vepc::abi::Errno;
-use vepc::driver::VepcFile;
+use vepc::device::EmulatedFile;
 
 use super::{Open, Shim, lock};
 
 impl Shim {
     /// `open("/dev/sgx_vepc", flags)`: a new instance, before the hooks make the
     /// descriptor for it.
-    pub fn open(&self, flags: c_int) -> Result<VepcFile, Errno> {
+    pub fn open(&self, flags: c_int) -> Result<Arc<EmulatedFile>, Errno> {
         if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-            return Err(Errno::from_raw(libc::EEXIST));
+            return Err(Errno::EEXIST);
         }
         if flags & libc::O_DIRECTORY != 0 {
-            return Err(Errno::from_raw(libc::ENOTDIR));
+            return Err(Errno::ENOTDIR);
         }
-        self.device.open()
+        self.emulated.open(0)
     }
 
     /// The hooks made descriptor `fd` for `file`.
-    pub fn opened(&self, fd: c_int, file: VepcFile, flags: c_int) {
+    pub fn opened(&self, fd: c_int, file: Arc<EmulatedFile>, flags: c_int) {
         let open = Arc::new(Open {
             file,
             writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
             number: OnceLock::new(),
+            first_map: OnceLock::new(),
             remove_alls: AtomicU64::new(0),
         });
         self.track_fd(fd, open);
@@ -43,7 +44,8 @@ impl Shim {
             }
             old
         };
-        self.release(old);
+        // Outside the lock: dropping the last reference releases the instance.
+        drop(old);
     }
 
     /// The open behind `fd`, if it is one of the shim's. Every `ioctl` of the program
@@ -57,7 +59,8 @@ impl Shim {
     }
 
     /// Forgets `fd` before it is closed, so a new descriptor given the same number
-    /// meanwhile is not mistaken for it. Pass the result to [`Shim::release`] after.
+    /// meanwhile is not mistaken for it. Drop the result after the close: if it was
+    /// the last reference, that releases the instance.
     pub fn take_fd(&self, fd: c_int) -> Option<Arc<Open>> {
         if !self.marks.maybe(fd) {
             return None;
@@ -72,8 +75,7 @@ impl Shim {
 
     /// `fd` was closed (by `dup2` onto it, or `close_range`).
     pub fn closed(&self, fd: c_int) {
-        let old = self.take_fd(fd);
-        self.release(old);
+        drop(self.take_fd(fd));
     }
 
     /// Every descriptor in `first..=last` was closed (`close_range`).
@@ -95,27 +97,6 @@ impl Shim {
             // `new` was closed first if it was one of ours.
             None => self.closed(new),
         }
-    }
-
-    /// A reference to an open went; if it was the last, the model has released the
-    /// instance, and the log says so.
-    pub fn release(&self, open: Option<Arc<Open>>) {
-        let Some(open) = open.and_then(Arc::into_inner) else {
-            return;
-        };
-        let name = open.name_value();
-        drop(open);
-        let stats = self.device.stats();
-        self.log.line(
-            "release",
-            vec![
-                ("instance", name),
-                (
-                    "stats",
-                    serde_json::json!({"free": stats.free, "used": stats.used, "zombie": stats.zombie}),
-                ),
-            ],
-        );
     }
 }
 

@@ -5,7 +5,7 @@ use std::ffi::c_int;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use vepc::abi::{Errno, SGX_IOC_VEPC_REMOVE_ALL};
+use vepc::abi::{Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL};
 use vepc::driver::{ModelInstance, Sharing};
 use vepc::script::{Runner, parse_attached};
 
@@ -45,7 +45,6 @@ impl Shim {
         if !self.log.enabled() {
             return;
         }
-        let vepc = open.file.vepc();
         self.log.line(
             "ioctl",
             vec![
@@ -55,8 +54,8 @@ impl Shim {
                 ("arg", hex(arg)),
                 ("result", result(r)),
                 ("injected", injected.into()),
-                ("present_pages", vepc.present_pages().into()),
-                ("valid_pages", vepc.valid_pages().into()),
+                ("present_pages", open.file.present_pages().into()),
+                ("valid_pages", open.file.valid_pages().into()),
             ],
         );
     }
@@ -72,27 +71,28 @@ impl Shim {
             .enumerate()
             .filter_map(|(n, w)| w.upgrade().map(|o| (instance_name(n), o)))
             .collect();
-        let instances: Vec<(String, ModelInstance)> = {
-            let regions = lock(&self.regions);
-            live.iter()
-                .map(|(name, open)| {
-                    let first = regions.iter().find(|r| Arc::ptr_eq(&r.what, open));
-                    let maps = first
-                        .and_then(|r| {
-                            open.file
-                                .mmap((r.end - r.start) as u64, Sharing::Shared, r.pgoff)
-                                .ok()
-                        })
-                        .into_iter()
-                        .collect();
-                    let inst = ModelInstance {
-                        file: open.file.clone(),
-                        maps,
-                    };
-                    (name.clone(), inst)
-                })
-                .collect()
-        };
+        // The script's touches take EPC pages outside the program's mappings: from
+        // here on every first touch is decided by the model as it happens.
+        self.emulated.go_exact();
+        let instances: Vec<(String, ModelInstance)> = live
+            .iter()
+            .map(|(name, open)| {
+                let file = open.file.model();
+                let maps = open
+                    .first_map
+                    .get()
+                    .and_then(|&(pgoff, pages)| {
+                        file.mmap(pages * PAGE_SIZE, Sharing::Shared, pgoff).ok()
+                    })
+                    .into_iter()
+                    .collect();
+                let inst = ModelInstance {
+                    file: file.clone(),
+                    maps,
+                };
+                (name.clone(), inst)
+            })
+            .collect();
         let names: Vec<&str> = instances.iter().map(|(n, _)| n.as_str()).collect();
         let script = match parse_attached(&text, &names) {
             Ok(s) => s,
@@ -109,7 +109,7 @@ impl Shim {
                 return;
             }
         };
-        let report = Runner::attach(Arc::clone(&self.device), instances).run(&script);
+        let report = Runner::attach(Arc::clone(self.device()), instances).run(&script);
         for o in &report.outcomes {
             let mut fields = vec![
                 ("line", o.line.into()),

@@ -1,16 +1,16 @@
-//! Mappings of the device: the driver's checks, tracking the ranges, and how first
-//! touches reach the model (userfaultfd, or eagerly).
+//! Mappings of the device: the checks before the mapping, naming the instance after
+//! it, and saying how its first touches are served. The mapping itself, and every
+//! first touch, is the library's emulated device.
 
 use std::ffi::c_int;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
-use vepc::abi::Errno;
+use vepc::abi::{Errno, PAGE_SIZE};
+use vepc::device::Faults;
 use vepc::driver::Sharing;
 
-use super::{Faults, MmapPlan, Open, PAGE, Shim, existing, lock};
-use crate::config::FaultMode;
-use crate::uffd::{Answer, Userfaultfd};
+use super::{MmapPlan, Open, Shim, lock};
+use crate::config::{FaultMode, instance_name};
 
 impl Shim {
     /// The checks `mmap` makes before the mapping exists, in the kernel's order: the
@@ -24,7 +24,7 @@ impl Shim {
         flags: c_int,
         off: i64,
     ) -> Result<MmapPlan, Errno> {
-        if off < 0 || !(off as u64).is_multiple_of(PAGE) {
+        if off < 0 || !(off as u64).is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let shared = matches!(flags & 0x0f, libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE);
@@ -33,179 +33,107 @@ impl Shim {
         } else {
             Sharing::Private
         };
-        let pgoff = off as u64 / PAGE;
+        let pgoff = off as u64 / PAGE_SIZE;
         // The model checks length and offset, then shared-only. The VFS's EACCES
         // comes between, but only for a shared mapping, which the last check passes.
-        let mapping = open.file.mmap(len as u64, sharing, pgoff)?;
+        open.file.model().mmap(len as u64, sharing, pgoff)?;
         if shared && prot & libc::PROT_WRITE != 0 && !open.writable {
             return Err(Errno::EACCES);
         }
-        if matches!(self.faults(), Faults::Refused) {
-            return Err(Errno::ENODEV);
+        self.prepare_faults()?;
+        Ok(MmapPlan { pgoff })
+    }
+
+    /// `VEPC_FAULTS=userfaultfd` with no userfaultfd to be had: mappings fail with
+    /// `ENODEV`, said once on stderr.
+    fn prepare_faults(&self) -> Result<(), Errno> {
+        if self.faults_wanted != FaultMode::Userfaultfd {
+            return Ok(());
         }
-        let len = usize::try_from(mapping.pages() * PAGE).map_err(|_| Errno::ENOMEM)?;
-        Ok(MmapPlan {
-            len,
-            flags: flags & !libc::MAP_POPULATE,
-            populate: flags & libc::MAP_POPULATE != 0,
-            pgoff,
-        })
+        match self.emulated.prepare() {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                if self.note_faults() {
+                    eprintln!(
+                        "vepc-preload: VEPC_FAULTS=userfaultfd, but {why}: mappings of /dev/sgx_vepc fail with ENODEV"
+                    );
+                }
+                Err(Errno::ENODEV)
+            }
+        }
     }
 
-    /// The size the stand-in file needs for `plan`.
-    pub fn file_len(plan: &MmapPlan) -> u64 {
-        (plan.pgoff + plan.len as u64 / PAGE) * PAGE
-    }
-
-    /// The hooks mapped `plan` at `addr`: track it, name the instance if this is its
-    /// first mapping, and arrange for its first touches to reach the model.
-    pub fn mapped(
-        &self,
-        open: &Arc<Open>,
-        plan: &MmapPlan,
-        addr: usize,
-        prot: c_int,
-    ) -> Result<(), Errno> {
+    /// The hooks mapped `len` bytes of `open` at `addr`: the instance is named if this
+    /// is its first mapping, and a change in how first touches are served is logged.
+    pub fn mapped(&self, open: &Arc<Open>, plan: &MmapPlan, len: usize) {
+        open.first_map
+            .get_or_init(|| (plan.pgoff, len as u64 / PAGE_SIZE));
         open.number.get_or_init(|| {
             let mut named = lock(&self.named);
             named.push(Arc::downgrade(open));
-            named.len() - 1
+            let n = named.len() - 1;
+            lock(&self.names).insert(open.file.model().vepc().id(), instance_name(n));
+            n
         });
-        let replaced = {
-            let mut regions = lock(&self.regions);
-            self.any_regions.store(true, Ordering::Relaxed);
-            regions.insert(addr, plan.len, plan.pgoff, prot, Arc::clone(open))
-        };
-        for r in replaced {
-            self.release(Some(r));
+        if self.note_faults()
+            && self.emulated.faults() == Faults::Eager
+            && self.faults_wanted == FaultMode::Auto
+        {
+            let why = self
+                .emulated
+                .userfaultfd_refused()
+                .unwrap_or("userfaultfd is refused");
+            eprintln!(
+                "vepc-preload: {why}; every page is faulted in when it is mapped (VEPC_FAULTS=eager)"
+            );
         }
-        match self.faults() {
-            Faults::Userfaultfd(uffd) => uffd.register(addr, plan.len)?,
-            Faults::Eager => self.fault_in_eagerly(open, plan, addr, prot),
-            Faults::Refused => return Err(Errno::ENODEV),
-        }
-        if plan.populate {
-            crate::sys::populate(addr, plan.len, prot);
-        }
-        Ok(())
     }
 
     /// `[addr, addr + len)` is no longer mapped as it was (`munmap`, or a `MAP_FIXED`
     /// mapping of something else over it).
     pub fn unmapped(&self, addr: usize, len: usize) {
-        // Every munmap and MAP_FIXED mapping of the program asks: most find nothing.
-        if !self.any_regions.load(Ordering::Relaxed) {
-            return;
+        self.emulated.unmapped(addr, len);
+    }
+
+    /// Logs how first touches are served if that changed since the last line; true
+    /// when it did.
+    fn note_faults(&self) -> bool {
+        let now = self.emulated.faults();
+        let mut logged = lock(&self.faults_logged);
+        if *logged == Some(now) {
+            return false;
         }
-        let gone = {
-            let mut regions = lock(&self.regions);
-            let gone = regions.remove(addr, len);
-            if regions.is_empty() {
-                self.any_regions.store(false, Ordering::Relaxed);
-            }
-            gone
+        *logged = Some(now);
+        let (mode, why) = match now {
+            Faults::Fast => ("fast", "every mapped page can still get an EPC page".into()),
+            Faults::Exact => (
+                "userfaultfd",
+                match self.faults_wanted {
+                    FaultMode::Userfaultfd => "VEPC_FAULTS=userfaultfd".into(),
+                    _ => "a first touch could now find no free EPC page".to_string(),
+                },
+            ),
+            Faults::Eager => (
+                "eager",
+                match self.faults_wanted {
+                    FaultMode::Eager => "VEPC_FAULTS=eager".into(),
+                    _ => self
+                        .emulated
+                        .userfaultfd_refused()
+                        .unwrap_or("userfaultfd is refused")
+                        .to_string(),
+                },
+            ),
+            Faults::Refused => (
+                "refused",
+                self.emulated
+                    .userfaultfd_refused()
+                    .unwrap_or("userfaultfd is refused")
+                    .to_string(),
+            ),
         };
-        for open in gone {
-            self.release(Some(open));
-        }
+        self.log
+            .line("faults", vec![("mode", mode.into()), ("why", why.into())]);
+        true
     }
-
-    fn faults(&self) -> &Faults {
-        self.faults.get_or_init(|| {
-            if self.faults_wanted == FaultMode::Eager {
-                self.log.line(
-                    "faults",
-                    vec![
-                        ("mode", "eager".into()),
-                        ("why", "VEPC_FAULTS=eager".into()),
-                    ],
-                );
-                return Faults::Eager;
-            }
-            match Userfaultfd::open() {
-                Ok(uffd) => {
-                    let uffd = Arc::new(uffd);
-                    let server = Arc::clone(&uffd);
-                    let spawned = std::thread::Builder::new()
-                        .name("vepc-userfaultfd".into())
-                        .spawn(move || server.serve(shim_resolve));
-                    match spawned {
-                        Ok(_) => {
-                            self.log
-                                .line("faults", vec![("mode", "userfaultfd".into())]);
-                            Faults::Userfaultfd(uffd)
-                        }
-                        Err(e) => self.no_userfaultfd(format!("cannot start its thread: {e}")),
-                    }
-                }
-                Err(why) => self.no_userfaultfd(why),
-            }
-        })
-    }
-
-    fn no_userfaultfd(&self, why: String) -> Faults {
-        let refused = self.faults_wanted == FaultMode::Userfaultfd;
-        let mode = if refused { "refused" } else { "eager" };
-        self.log.line(
-            "faults",
-            vec![("mode", mode.into()), ("why", why.clone().into())],
-        );
-        if refused {
-            eprintln!(
-                "vepc-preload: VEPC_FAULTS=userfaultfd, but {why}: mappings of /dev/sgx_vepc fail with ENODEV"
-            );
-            Faults::Refused
-        } else {
-            eprintln!(
-                "vepc-preload: {why}; every page is faulted in when it is mapped (VEPC_FAULTS=eager)"
-            );
-            Faults::Eager
-        }
-    }
-
-    /// The fallback without userfaultfd: every page of the mapping is faulted in now,
-    /// and the pages the EPC had no room for answer SIGBUS from the start.
-    fn fault_in_eagerly(&self, open: &Open, plan: &MmapPlan, addr: usize, prot: c_int) {
-        let vepc = open.file.vepc();
-        let pages = plan.len as u64 / PAGE;
-        if vepc.populate(plan.pgoff, pages).is_ok() {
-            return;
-        }
-        let mut i = 0;
-        while i < pages {
-            if vepc.page(plan.pgoff + i).is_some() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < pages && vepc.page(plan.pgoff + i).is_none() {
-                i += 1;
-            }
-            let _ = crate::sys::map_sigbus(
-                addr + (start * PAGE) as usize,
-                ((i - start) * PAGE) as usize,
-                prot,
-            );
-        }
-    }
-
-    /// A first touch of the page at `page`: the model's fault.
-    fn resolve(&self, page: usize) -> Answer {
-        let found = lock(&self.regions)
-            .find(page)
-            .map(|(r, index)| (Arc::clone(&r.what), index, r.prot));
-        let Some((open, index, prot)) = found else {
-            return Answer::Unknown;
-        };
-        let answer = match open.file.vepc().fault(index) {
-            Ok(_) => Answer::Backed,
-            Err(_) => Answer::Sigbus { prot },
-        };
-        self.release(Some(open));
-        answer
-    }
-}
-
-fn shim_resolve(page: usize) -> Answer {
-    existing().map_or(Answer::Unknown, |s| s.resolve(page))
 }

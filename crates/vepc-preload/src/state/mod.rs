@@ -1,8 +1,8 @@
-//! The shim's process-wide state: the model's device, which descriptors are opens of
-//! it, which address ranges map them, and what each intercepted call answers. The
-//! hooks ([`crate::hooks`]) do the system calls; this module decides: descriptors in
-//! [`fds`], mappings and first touches in [`maps`], `ioctl` and the guest script in
-//! [`ioctl`].
+//! The shim's process-wide state: the library's emulated device, which descriptors are
+//! opens of it, and what each intercepted call answers. The hooks ([`crate::hooks`])
+//! make the system calls; this module decides: descriptors in [`fds`], mappings in
+//! [`maps`], `ioctl` and the guest script in [`ioctl`]. Memory and first touches are
+//! the library's ([`vepc::device::Emulated`]).
 
 mod fds;
 mod ioctl;
@@ -10,21 +10,18 @@ mod maps;
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde_json::Value;
-use vepc::driver::{Device, VepcFile};
+use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Faults, Released};
+use vepc::driver::Device;
 use vepc::model::Epc;
 
 use crate::config::{Config, FaultMode, instance_name};
 use crate::inject::Injections;
 use crate::log::Log;
-use crate::regions::Regions;
-use crate::uffd::Userfaultfd;
 use fds::FdMarks;
-
-const PAGE: u64 = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -35,11 +32,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// mapping is gone, as the kernel's `release` runs on the file's last reference.
 #[derive(Debug)]
 pub struct Open {
-    /// The model's file.
-    pub file: VepcFile,
+    /// The emulated instance.
+    pub file: Arc<EmulatedFile>,
     writable: bool,
     /// Its place in map order, from its first mapping: the `n` of its name `Sn`.
     number: OnceLock<usize>,
+    /// Its first mapping, `(pgoff, pages)`: what a guest script's page numbers index.
+    first_map: OnceLock<(u64, u64)>,
     remove_alls: AtomicU64,
 }
 
@@ -54,43 +53,29 @@ impl Open {
     }
 }
 
-/// How first touches reach the model, decided at the first mapping.
-#[derive(Debug)]
-enum Faults {
-    Userfaultfd(Arc<Userfaultfd>),
-    Eager,
-    /// `VEPC_FAULTS=userfaultfd` and none could be had: mappings fail with ENODEV.
-    Refused,
-}
-
 /// A mapping the hooks are about to make for the program.
 #[derive(Debug)]
 pub struct MmapPlan {
-    /// Page-aligned length.
-    pub len: usize,
-    /// The flags to pass on (`MAP_POPULATE` is done after the mapping is tracked).
-    pub flags: c_int,
-    /// Whether the program asked for `MAP_POPULATE`.
-    pub populate: bool,
-    pgoff: u64,
+    /// The page offset into the instance.
+    pub pgoff: u64,
 }
 
 /// The shim.
 #[derive(Debug)]
 pub struct Shim {
-    device: Arc<Device>,
+    emulated: Arc<Emulated>,
     faults_wanted: FaultMode,
+    /// How first touches were served when last logged.
+    faults_logged: Mutex<Option<Faults>>,
     /// The call log.
     pub log: Log,
     fds: Mutex<HashMap<c_int, Arc<Open>>>,
     marks: FdMarks,
-    regions: Mutex<Regions<Arc<Open>>>,
-    /// Whether `regions` has anything; written under its lock.
-    any_regions: AtomicBool,
     named: Mutex<Vec<Weak<Open>>>,
+    /// Instance numbers (the model's) to names, for the release line.
+    names: Mutex<HashMap<u64, String>>,
     remove_alls: AtomicU64,
     script: Mutex<Option<String>>,
-    faults: OnceLock<Faults>,
     inject: Injections,
 }
 
@@ -141,29 +126,60 @@ impl Shim {
                 ("inject", (!config.inject.is_empty()).into()),
             ],
         );
+        let mode = match config.faults {
+            FaultMode::Auto => Mode::Auto,
+            FaultMode::Userfaultfd => Mode::Userfaultfd,
+            FaultMode::Eager => Mode::Eager,
+        };
+        let emulated = Emulated::new(Device::new(epc, config.kernel), mode);
+        emulated.on_release(|r| {
+            if let Some(shim) = existing() {
+                shim.released(r);
+            }
+        });
         Self {
-            device: Device::new(epc, config.kernel),
+            emulated,
             faults_wanted: config.faults,
+            faults_logged: Mutex::new(None),
             log,
             fds: Mutex::default(),
             marks: FdMarks::default(),
-            regions: Mutex::default(),
-            any_regions: AtomicBool::new(false),
             named: Mutex::default(),
+            names: Mutex::default(),
             remove_alls: AtomicU64::new(0),
             script: Mutex::new(config.script.map(|(_, text)| text)),
-            faults: OnceLock::new(),
             inject: config.inject,
         }
     }
 
     /// The model's device.
     pub fn device(&self) -> &Arc<Device> {
-        &self.device
+        self.emulated.model()
+    }
+
+    /// The emulated device.
+    pub fn emulated(&self) -> &Arc<Emulated> {
+        &self.emulated
     }
 
     /// Whether the device node exists on this kernel (it appeared in 5.13).
     pub fn node_exists(&self) -> bool {
-        self.device.kernel().has_vepc()
+        self.device().kernel().has_vepc()
+    }
+
+    /// The model released an instance: the log says so, with the EPC's counts.
+    fn released(&self, r: Released) {
+        let name = lock(&self.names).remove(&r.id);
+        let s = r.stats;
+        self.log.line(
+            "release",
+            vec![
+                ("instance", name.map_or(Value::Null, Value::from)),
+                (
+                    "stats",
+                    serde_json::json!({"free": s.free, "used": s.used, "zombie": s.zombie}),
+                ),
+            ],
+        );
     }
 }
