@@ -23,7 +23,7 @@ use crate::out;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// EPC section sizes, comma-separated (SCRIPT.md SIZE syntax): 512G,512G is a
+    /// EPC section sizes, comma-separated (docs/SCRIPT.md SIZE syntax): 512G,512G is a
     /// 2-socket server with 1 TiB of EPC.
     #[arg(long, default_value = "64G,64G")]
     sections: String,

@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run a scenario script (SCRIPT.md) against the model.
+    /// Run a scenario script (docs/SCRIPT.md) against the model.
     Sim(sim::Args),
     /// A guest reboot on the built-in model, told step by step.
     Demo(demo::Args),

@@ -26,7 +26,7 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// SCRIPT.md's example, byte for byte.
+/// docs/SCRIPT.md's example, byte for byte.
 const EXAMPLE: &str = "epc 512K
 open G
 mmap G 32K

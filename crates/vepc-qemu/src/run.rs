@@ -22,7 +22,7 @@ const IO_LIMIT: Duration = Duration::from_secs(30);
 pub struct Setup {
     /// One `memory-backend-epc` per entry, in bytes, all `prealloc=on`, all on node 0.
     pub sections: Vec<u64>,
-    /// Guest actions (SCRIPT.md) the shim runs once before QEMU's first REMOVE_ALL,
+    /// Guest actions (docs/SCRIPT.md) the shim runs once before QEMU's first REMOVE_ALL,
     /// on the sections named `S0`, `S1`, … (`VEPC_SCRIPT`).
     pub script: Option<String>,
     /// More of the shim's variables (`VEPC_INJECT`, `VEPC_KERNEL`, …).

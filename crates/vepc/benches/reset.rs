@@ -1,5 +1,5 @@
 //! Serial vs parallel reset of a 4-section guest (one vEPC instance per NUMA node),
-//! with every EREMOVE made to cost 1.8 µs of CPU as on hardware (SEMANTICS.md §6:
+//! with every EREMOVE made to cost 1.8 µs of CPU as on hardware (docs/SEMANTICS.md §6:
 //! about a minute for 128 GiB). `cargo bench -p vepc --bench reset`.
 //!
 //! Each section holds 4096 pages in enclaves of 64 pages. In the `local` layout every

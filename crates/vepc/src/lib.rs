@@ -10,7 +10,7 @@
 //!   guest runs (with the SDM's checks, `#GP` on concurrent conflicts included);
 //! - [`driver`]: Linux's `/dev/sgx_vepc` (`arch/x86/kernel/cpu/sgx/virt.c`) on top of
 //!   it: open, shared-only mmap, fault, `REMOVE_ALL`, release and the zombie list;
-//! - [`script`]: the scenario language of `vepc sim` (`SCRIPT.md`);
+//! - [`script`]: the scenario language of `vepc sim` (`docs/SCRIPT.md`);
 //! - [`device`]: `/dev/sgx_vepc` for VMMs, one API over the host's device and the
 //!   emulated one (the model with real memory a VMM can hand to KVM);
 //! - [`reset`]: the guest-reboot reset protocol, written once for every instance;
@@ -19,7 +19,8 @@
 //! - [`sys`]: the system calls underneath, the only place besides [`device`] allowed
 //!   `unsafe`.
 //!
-//! The reference the model is held to is `SEMANTICS.md` in the project's spec folder.
+//! The reference the model is held to is the repository's `docs/SEMANTICS.md` (and the
+//! scenario language's, `docs/SCRIPT.md`), kept current with what the code does.
 
 pub mod abi;
 #[allow(unsafe_code)]

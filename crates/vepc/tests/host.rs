@@ -92,7 +92,7 @@ fn strace_child_remove_all_on_dev_null() {
     assert_eq!(fd.remove_all().map_err(|e| e.errno()), Err(Errno::ENOTTY));
 }
 
-/// SEMANTICS.md §4.4: the third argument must be an explicit 0. strace shows what the
+/// docs/SEMANTICS.md §4.4: the third argument must be an explicit 0. strace shows what the
 /// kernel received. strace 6.1 names the request; older ones print it as
 /// `_IOC(_IOC_NONE, 0xa4, 0x4, 0)`.
 #[test]

@@ -1,4 +1,4 @@
-//! The reset protocol (SEMANTICS.md §4) on the model, and on test doubles for the
+//! The reset protocol (docs/SEMANTICS.md §4) on the model, and on test doubles for the
 //! answers the model cannot be made to give.
 
 use std::cell::Cell;

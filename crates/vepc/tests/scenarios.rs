@@ -37,7 +37,7 @@ fn every_scenario_passes_with_the_consistency_check_on() {
             .count();
         assert!(expects > 0, "{} checks nothing", path.display());
         assert!(
-            src.contains("SEMANTICS.md §") || src.contains("SCRIPT.md"),
+            src.contains("docs/SEMANTICS.md §") || src.contains("docs/SCRIPT.md"),
             "{} cites no rule",
             path.display()
         );
@@ -65,7 +65,7 @@ fn every_rule_of_sections_2_and_3_has_a_scenario() {
         "§4.3",
         "§4.1",
     ] {
-        assert!(text.contains(rule), "no scenario cites SEMANTICS.md {rule}");
+        assert!(text.contains(rule), "no scenario cites docs/SEMANTICS.md {rule}");
     }
 }
 

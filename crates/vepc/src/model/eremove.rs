@@ -1,4 +1,4 @@
-//! EREMOVE, with the SDM's checks in the SDM's order (SEMANTICS.md §3):
+//! EREMOVE, with the SDM's checks in the SDM's order (docs/SEMANTICS.md §3):
 //!
 //! 1. operand not 4 KiB aligned → `#GP`; not an EPC page → `#PF` ([`Epc::eremove_at`]);
 //! 2. another leaf is on the page (for a child: on its SECS) → `#GP`;
@@ -170,7 +170,7 @@ fn burn(d: Duration) {
 }
 
 /// Step 3's second half: the SDM's EREMOVE goes straight to DONE, leaving the page as
-/// it is, for a TRIM page whose MODIFIED bit is clear (SEMANTICS.md §3).
+/// it is, for a TRIM page whose MODIFIED bit is clear (docs/SEMANTICS.md §3).
 fn trim_unmodified(e: Entry) -> bool {
     e.is(PageType::Trim) && !e.modified()
 }

@@ -1,4 +1,4 @@
-//! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst` (SEMANTICS.md
+//! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst` (docs/SEMANTICS.md
 //! §4), written once against [`VepcInstance`], which both the real device
 //! ([`crate::real::RealInstance`]) and the model ([`crate::driver::ModelInstance`])
 //! implement.

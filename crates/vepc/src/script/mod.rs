@@ -1,4 +1,4 @@
-//! The scenario language of `vepc sim` (the project's `SCRIPT.md`): [`parse`] turns a
+//! The scenario language of `vepc sim` (the project's `docs/SCRIPT.md`): [`parse`] turns a
 //! script into validated [`Step`]s, and a [`Runner`] plays them against a fresh model.
 
 mod parse;

@@ -1,4 +1,4 @@
-//! Parsing and static validation of a scenario script (SCRIPT.md "Syntax").
+//! Parsing and static validation of a scenario script (docs/SCRIPT.md "Syntax").
 //!
 //! A script that fails here is not run at all (`vepc sim` exits 2), so every check
 //! that can be made without running it is made here: the shape of each command, the
@@ -36,7 +36,7 @@ pub struct Step {
     pub command: Command,
 }
 
-/// A scenario command (SCRIPT.md's table).
+/// A scenario command (docs/SCRIPT.md's table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum Command {
@@ -309,7 +309,7 @@ impl Scope {
 }
 
 /// An `epc` line's sizes given on their own, as `VEPC_EPC`, `vepc preload --epc` and
-/// `vepc bench --sections` take them: SCRIPT.md SIZEs separated by spaces or commas,
+/// `vepc bench --sections` take them: docs/SCRIPT.md SIZEs separated by spaces or commas,
 /// together an EPC the model can hold ([`Epc::check_sizes`]).
 pub fn parse_epc_sizes(value: &str) -> Result<Vec<u64>, String> {
     let sizes = value

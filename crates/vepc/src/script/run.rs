@@ -1,4 +1,4 @@
-//! Running a script against the model (SCRIPT.md "Results").
+//! Running a script against the model (docs/SCRIPT.md "Results").
 //!
 //! The runner plays a VMM process and its guest: FD names stand for file descriptors
 //! (each `open` makes a new one, as a real `open` would), enclave names for the guest's
@@ -21,7 +21,7 @@ pub struct Outcome {
     pub line: usize,
     /// The command as written, without its comment.
     pub command: String,
-    /// Its result, as SCRIPT.md spells results (for `expect`: `ok` or `mismatch`).
+    /// Its result, as docs/SCRIPT.md spells results (for `expect`: `ok` or `mismatch`).
     pub result: String,
     /// For an `expect` that did not hold: what it expected and what came.
     #[serde(skip_serializing_if = "Option::is_none")]

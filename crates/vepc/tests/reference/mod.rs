@@ -1,6 +1,6 @@
 //! A reference model of the EPC and `/dev/sgx_vepc`, for differential tests only.
 //!
-//! Written straight from SEMANTICS.md (and, for the leaves it does not cover, the
+//! Written straight from docs/SEMANTICS.md (and, for the leaves it does not cover, the
 //! SDM's checks), as plainly as possible: ordinary maps, one thread, nothing cached.
 //! A SECS's children and threads are counted afresh from the EPCM each time they are
 //! needed, so there is no counter to get wrong. It shares nothing with the model but
@@ -72,7 +72,7 @@ impl Reference {
         }
     }
 
-    /// Every command's result, as SCRIPT.md spells it (expect lines excluded).
+    /// Every command's result, as docs/SCRIPT.md spells it (expect lines excluded).
     pub fn run(script: &Script) -> Vec<(usize, String)> {
         let mut r = Self::new(script);
         script
@@ -324,7 +324,7 @@ impl Reference {
         }
     }
 
-    /// SEMANTICS.md §3, one thread: rule 2 (a concurrent leaf) cannot happen here.
+    /// docs/SEMANTICS.md §3, one thread: rule 2 (a concurrent leaf) cannot happen here.
     fn eremove(&mut self, p: Page) -> Result<String, String> {
         match self.epcm[p] {
             Epcm::Invalid => Ok("ok".into()),
@@ -365,7 +365,7 @@ impl Reference {
         self.remove_all(slot)
     }
 
-    /// SEMANTICS.md §2 REMOVE_ALL.
+    /// docs/SEMANTICS.md §2 REMOVE_ALL.
     fn remove_all(&mut self, slot: usize) -> Result<u64, &'static str> {
         let pages: Vec<Page> = self.fds[slot]
             .as_ref()
@@ -382,7 +382,7 @@ impl Reference {
         Ok(failures)
     }
 
-    /// SEMANTICS.md §2 release.
+    /// docs/SEMANTICS.md §2 release.
     fn release(&mut self, inst: Instance) {
         let mut left = Vec::new();
         for (_, p) in inst.pages {
@@ -410,7 +410,7 @@ impl Reference {
         self.zombies = secs_pages;
     }
 
-    /// SEMANTICS.md §4: round 1, round 2, EBUSY retried three times (no vCPU to stop
+    /// docs/SEMANTICS.md §4: round 1, round 2, EBUSY retried three times (no vCPU to stop
     /// in a script), ENOTTY → recreate every instance in place.
     fn reset(&mut self, names: &[String]) -> String {
         let mut slots = Vec::new();
