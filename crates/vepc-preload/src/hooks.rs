@@ -18,11 +18,6 @@ use crate::log::{hex, result};
 use crate::state::{Shim, existing, shim};
 use crate::sys::{self, Failure, VEPC_PATH, errno, real, set_errno};
 
-/// `FIOCLEX`, `FIONCLEX`, `FIONBIO`, `FIOASYNC`: `do_vfs_ioctl` answers these for any
-/// file before a driver sees them, so they go to the stand-in file, whose flags are
-/// the program's descriptor's.
-const VFS_IOCTLS: [u32; 4] = [0x5451, 0x5450, 0x5421, 0x5452];
-
 fn fail<T: Failure>(e: Errno) -> T {
     set_errno(e);
     T::failure()
@@ -219,19 +214,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         // SAFETY: passed on unchanged.
         return unsafe { real::ioctl(fd, request, arg) };
     };
-    // ioctl(2)'s request is an unsigned int in the kernel: the upper half never
-    // reaches a driver.
-    let req = request as u32;
-    if VFS_IOCTLS.contains(&req) {
-        // SAFETY: a VFS request on the stand-in file, with the caller's argument.
-        let r = unsafe { real::ioctl(fd, request, arg) };
-        let e = errno();
-        let res = if r < 0 { Err(e) } else { Ok(r as u64) };
-        shim.log_ioctl(fd, &open, request, arg, res, false);
-        set_errno(e);
-        return r;
-    }
-    let (r, injected) = shim.ioctl(&open, req, arg);
+    let (r, injected) = shim.ioctl(fd, &open, request, arg);
     shim.log_ioctl(fd, &open, request, arg, r, injected);
     match r {
         Ok(n) => c_int::try_from(n).unwrap_or(c_int::MAX),

@@ -127,6 +127,90 @@ pub fn dup(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
     if r < 0 { Err(errno()) } else { Ok(r) }
 }
 
+/// Copies `buf.len()` bytes from this process's address `addr`, as the kernel's
+/// `copy_from_user` would from the caller's: `EFAULT` where it cannot.
+pub fn read_memory(addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: process_vm_readv on our own pid writes only into `buf` (the local iovec)
+    // and reads the remote range through the kernel, which answers EFAULT for an
+    // address that is not mapped readable: nothing is dereferenced here.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if usize::try_from(n).ok() == Some(buf.len()) {
+        Ok(())
+    } else {
+        Err(Errno::EFAULT)
+    }
+}
+
+/// Copies `buf` to this process's address `addr`, as `copy_to_user` would: `EFAULT`
+/// where it cannot.
+pub fn write_memory(addr: u64, buf: &[u8]) -> Result<(), Errno> {
+    let local = libc::iovec {
+        iov_base: buf.as_ptr() as *mut c_void,
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: process_vm_writev reads only `buf` and writes the remote range through
+    // the kernel, which answers EFAULT for an address that is not mapped writable.
+    // The range is the program's own ioctl argument, which it passed for the kernel
+    // to write there.
+    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if usize::try_from(n).ok() == Some(buf.len()) {
+        Ok(())
+    } else {
+        Err(Errno::EFAULT)
+    }
+}
+
+/// Sets or clears `flag` among `fd`'s descriptor flags (`F_SETFD`) or, with `status`,
+/// its open file's status flags (`F_SETFL`), through glibc's next `fcntl`.
+pub fn set_fd_flag(fd: c_int, status: bool, flag: c_int, on: bool) {
+    let (get, set) = if status {
+        (libc::F_GETFL, libc::F_SETFL)
+    } else {
+        (libc::F_GETFD, libc::F_SETFD)
+    };
+    // SAFETY: F_GETFD/F_GETFL take no argument; F_SETFD/F_SETFL take the flags.
+    unsafe {
+        let old = real::fcntl(fd, get, 0);
+        if old >= 0 {
+            let new = if on { old | flag } else { old & !flag };
+            real::fcntl(fd, set, new as c_ulong);
+        }
+    }
+}
+
+/// `fd`'s open file status flags (`F_GETFL`), 0 if it has none.
+pub fn status_flags(fd: c_int) -> c_int {
+    // SAFETY: F_GETFL takes no argument.
+    unsafe { real::fcntl(fd, libc::F_GETFL, 0) }.max(0)
+}
+
+/// `st_dev` and whether it is a directory, for an open descriptor; `None` if `fd` is
+/// not one. For a path instead, `fd` is -1 and `path` names it.
+pub fn file_kind(fd: c_int, path: Option<&CStr>) -> Option<(u64, bool)> {
+    // SAFETY: fstat/stat into a zeroed struct the kernel fills; next definitions, so
+    // the shim's own fake stat does not answer.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let r = match path {
+            Some(p) => real::stat(p.as_ptr(), &mut st),
+            None => real::fstat(fd, &mut st),
+        };
+        (r == 0).then_some((st.st_dev, st.st_mode & libc::S_IFMT == libc::S_IFDIR))
+    }
+}
+
 /// What `stat` says of the made-up node: a character device, mode 0600, owned by
 /// the caller, with [`VEPC_RDEV`]. The rest (`st_dev`, times) is `/dev/null`'s.
 ///

@@ -283,6 +283,47 @@ fn child(name: &str) {
             }
             show("remove_all", remove_all(fd, 0));
         }
+        "vfs" => {
+            // Every request do_vfs_ioctl() handles, on the shim's /dev/sgx_vepc and on
+            // /dev/null, a devtmpfs character device without ioctls of its own, which
+            // the kernel answers exactly as it would /dev/sgx_vepc: with a NULL
+            // argument, a pointer to 0 and a pointer to 1. Descriptor 0 is closed, so
+            // no argument names an open file by chance.
+            let vepc = open_vepc(libc::O_RDWR);
+            // SAFETY: a C string; then closing our own stdin.
+            let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+            // SAFETY: as above.
+            unsafe { libc::close(0) };
+            if std::env::var_os("VFS_UNPRIVILEGED").is_some() {
+                // SAFETY: dropping to nobody; both calls only change our credentials.
+                unsafe {
+                    libc::setgid(65534);
+                    libc::setuid(65534);
+                }
+            }
+            let mut buf = vec![0u8; 4096];
+            for (name, req) in vepc::driver::vfs::VFS_REQUESTS {
+                for (how, value) in [("null", None), ("zero", Some(0i32)), ("one", Some(1))] {
+                    let answers: Vec<String> = [vepc, null]
+                        .iter()
+                        .map(|&fd| {
+                            buf.fill(0);
+                            let arg = match value {
+                                None => 0,
+                                Some(v) => {
+                                    buf[..4].copy_from_slice(&v.to_ne_bytes());
+                                    buf.as_mut_ptr() as libc::c_ulong
+                                }
+                            };
+                            // SAFETY: the argument is NULL or a 4 KiB buffer of ours.
+                            let r = unsafe { libc::ioctl(fd, libc::c_ulong::from(req), arg) };
+                            if r < 0 { errno() } else { r.to_string() }
+                        })
+                        .collect();
+                    println!("{name}.{how}={} {}", answers[0], answers[1]);
+                }
+            }
+        }
         "passthrough" => {
             let dir = std::env::temp_dir().join(format!("vepc-pass-{}", std::process::id()));
             std::fs::write(&dir, b"hello").expect("write a file through the shim");
@@ -534,6 +575,57 @@ fn concurrent_first_touches_each_count_once() {
     assert_eq!(remove_alls(&r.log)[0]["present_pages"], 256);
 }
 
+/// docs/SEMANTICS.md §2 ioctl: the VFS first. For every request of the table, the
+/// shim answers as the kernel answers /dev/null, privileged or not, and `vepc sim`
+/// (an unprivileged process without other descriptors) as the shim does.
+fn vfs_ioctls_answer_as_fs_ioctl_c_does() {
+    let mut runs = vec![("as this user", run("vfs", &[]))];
+    // SAFETY: geteuid only reads our credentials.
+    if unsafe { libc::geteuid() } == 0 {
+        runs.push(("unprivileged", run("vfs", &[("VFS_UNPRIVILEGED", "1")])));
+    }
+    for (who, r) in &runs {
+        ok(r);
+        for (name, _) in vepc::driver::vfs::VFS_REQUESTS {
+            for how in ["null", "zero", "one"] {
+                let got = r.get(&format!("{name}.{how}"));
+                let (shim, kernel) = got.split_once(' ').expect("two answers");
+                assert_eq!(
+                    shim, kernel,
+                    "{who}: {name} with a {how} argument: shim vs /dev/null"
+                );
+            }
+        }
+    }
+    // vepc sim, on the same requests: ARG 0 is NULL, any other ARG points at zeroes.
+    let unprivileged = &runs.last().expect("a run").1;
+    let mut script = String::from("open G\n");
+    for (_, req) in vepc::driver::vfs::VFS_REQUESTS {
+        script.push_str(&format!("ioctl G {req:#x} 0\nioctl G {req:#x} 0x1000\n"));
+    }
+    let report = vepc::script::run(&script, true).expect("a valid script");
+    let results: Vec<&str> = report
+        .outcomes
+        .iter()
+        .skip(1)
+        .map(|o| o.result.as_str())
+        .collect();
+    for (i, (name, _)) in vepc::driver::vfs::VFS_REQUESTS.iter().enumerate() {
+        for (j, how) in ["null", "zero"].iter().enumerate() {
+            let shim = unprivileged
+                .get(&format!("{name}.{how}"))
+                .split(' ')
+                .next()
+                .unwrap_or("");
+            assert_eq!(
+                results[2 * i + j],
+                shim,
+                "{name} with a {how} argument: vepc sim vs shim"
+            );
+        }
+    }
+}
+
 fn other_files_pass_through() {
     let r = run("passthrough", &[]);
     ok(&r);
@@ -587,6 +679,10 @@ fn main() {
         (
             "concurrent_first_touches_each_count_once",
             concurrent_first_touches_each_count_once,
+        ),
+        (
+            "vfs_ioctls_answer_as_fs_ioctl_c_does",
+            vfs_ioctls_answer_as_fs_ioctl_c_does,
         ),
         ("other_files_pass_through", other_files_pass_through),
     ];

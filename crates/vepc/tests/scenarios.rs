@@ -65,7 +65,10 @@ fn every_rule_of_sections_2_and_3_has_a_scenario() {
         "§4.3",
         "§4.1",
     ] {
-        assert!(text.contains(rule), "no scenario cites docs/SEMANTICS.md {rule}");
+        assert!(
+            text.contains(rule),
+            "no scenario cites docs/SEMANTICS.md {rule}"
+        );
     }
 }
 

@@ -1,11 +1,14 @@
-//! `ioctl` on an open of the device: REMOVE_ALL with the guest script run before the
-//! first one and the injected answers, and the log line a reader needs to judge a reset.
+//! `ioctl` on an open of the device: the VFS's requests answered from the library's
+//! table (`vepc::driver::vfs`) on the program's own memory and descriptor, then the
+//! driver's: REMOVE_ALL with the guest script run before the first one and the injected
+//! answers. And the log line a reader needs to judge a reset.
 
 use std::ffi::c_int;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use vepc::abi::{Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL};
+use vepc::driver::vfs::{Caller, Source, Vfs, do_vfs_ioctl};
 use vepc::driver::{ModelInstance, Sharing};
 use vepc::script::{Runner, parse_attached};
 
@@ -14,10 +17,27 @@ use crate::config::instance_name;
 use crate::log::{hex, result};
 
 impl Shim {
-    /// `ioctl(fd, request, arg)` on an open of the device, after the VFS's own
-    /// requests (which the hooks pass to the stand-in file).
-    /// Also says whether the answer was injected (`VEPC_INJECT`).
-    pub fn ioctl(&self, open: &Open, request: u32, arg: u64) -> (Result<u64, Errno>, bool) {
+    /// `ioctl(fd, request, arg)` on an open of the device: the VFS's answer, or the
+    /// driver's. Also says whether the answer was injected (`VEPC_INJECT`).
+    pub fn ioctl(
+        &self,
+        fd: c_int,
+        open: &Open,
+        request: u64,
+        arg: u64,
+    ) -> (Result<u64, Errno>, bool) {
+        // ioctl(2)'s request is an unsigned int: the upper half never reaches the VFS.
+        let request = request as u32;
+        let mut caller = ProgramCaller { fd, shim: self };
+        match do_vfs_ioctl(request, arg, &mut caller) {
+            Vfs::Answered(r) => (r, false),
+            Vfs::Driver => self.driver_ioctl(open, request, arg),
+        }
+    }
+
+    /// `sgx_vepc_ioctl`, with the guest script run before the first REMOVE_ALL and the
+    /// injected answers.
+    fn driver_ioctl(&self, open: &Open, request: u32, arg: u64) -> (Result<u64, Errno>, bool) {
         let injected = if request == SGX_IOC_VEPC_REMOVE_ALL {
             self.run_script_once();
             let here = open.remove_alls.fetch_add(1, Ordering::Relaxed) + 1;
@@ -130,4 +150,69 @@ impl Shim {
             eprintln!("vepc-preload: kernel warning: {w}");
         }
     }
+}
+
+/// The program as the VFS sees it: its memory (read and written through the kernel,
+/// so a bad pointer is `EFAULT`, never a crash), its descriptor, its capabilities.
+struct ProgramCaller<'a> {
+    fd: c_int,
+    shim: &'a Shim,
+}
+
+impl Caller for ProgramCaller<'_> {
+    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        crate::sys::read_memory(addr, buf)
+    }
+
+    fn write(&mut self, addr: u64, buf: &[u8]) -> Result<(), Errno> {
+        crate::sys::write_memory(addr, buf)
+    }
+
+    fn set_cloexec(&mut self, on: bool) {
+        crate::sys::set_fd_flag(self.fd, false, libc::FD_CLOEXEC, on);
+    }
+
+    fn set_nonblock(&mut self, on: bool) {
+        crate::sys::set_fd_flag(self.fd, true, libc::O_NONBLOCK, on);
+    }
+
+    fn fasync(&self) -> bool {
+        crate::sys::status_flags(self.fd) & libc::O_ASYNC != 0
+    }
+
+    fn cap_sys_admin(&self) -> bool {
+        cap_sys_admin()
+    }
+
+    fn source(&self, fd: i64) -> Source {
+        let Ok(fd) = c_int::try_from(fd) else {
+            return Source::NotOpen;
+        };
+        // Another open of /dev/sgx_vepc is a device node on devtmpfs, whatever the
+        // shim stands it in with.
+        if self.shim.fd(fd).is_some() {
+            return Source::OnDevtmpfs;
+        }
+        let dev = crate::sys::file_kind(-1, Some(c"/dev")).map(|(d, _)| d);
+        match crate::sys::file_kind(fd, None) {
+            None => Source::NotOpen,
+            Some((d, _)) if Some(d) != dev => Source::OtherFilesystem,
+            Some((_, true)) => Source::Directory,
+            Some((_, false)) => Source::OnDevtmpfs,
+        }
+    }
+}
+
+/// Whether this process has `CAP_SYS_ADMIN` in its effective set (`CapEff` in
+/// `/proc/self/status`, bit 21).
+fn cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }

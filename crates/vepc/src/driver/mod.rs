@@ -5,12 +5,14 @@
 //! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
 //!   mappings; the instance is released when the last of them is dropped;
 //! - [`ModelInstance`]: an instance as a VMM holds it, for [`crate::reset`];
-//! - [`Device::check`]: the consistency check any test can call.
+//! - [`Device::check`]: the consistency check any test can call;
+//! - [`vfs`]: the ioctls the VFS answers before the driver sees them.
 
 mod check;
 mod instance;
 mod page_map;
 mod vepc;
+pub mod vfs;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};

@@ -7,16 +7,13 @@ use std::sync::Arc;
 
 use super::Device;
 use super::page_map::PageMap;
+use super::vfs::{Caller, Vfs, do_vfs_ioctl};
 use crate::abi::{EnclsError, Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
 use crate::sync::Mutex;
 
 /// How many freed pages release hands back to the pools at once.
 const FREE_BATCH: usize = 4096;
-
-/// `FIOCLEX` and `FIONCLEX`: handled by the VFS before any driver sees them.
-const FIOCLEX: u32 = 0x5451;
-const FIONCLEX: u32 = 0x5450;
 
 /// One instance of `/dev/sgx_vepc`: which EPC page backs which page index.
 #[derive(Debug)]
@@ -175,12 +172,11 @@ impl Vepc {
         }
     }
 
-    /// `sgx_vepc_ioctl` behind the VFS: the request and its unsigned long argument.
+    /// `sgx_vepc_ioctl`: the driver's answer to a request the VFS handed on
+    /// ([`super::vfs`]).
     pub fn ioctl(&self, request: u32, arg: u64) -> Result<u64, Errno> {
         match request {
-            // do_vfs_ioctl() answers these for every file, whatever the driver.
-            FIOCLEX | FIONCLEX => Ok(0),
-            // Before 5.16 the driver has no ioctl at all: the VFS says ENOTTY.
+            // Before 5.16 the driver has no ioctl at all: vfs_ioctl() says ENOTTY.
             _ if !self.device.kernel().has_remove_all() => Err(Errno::ENOTTY),
             SGX_IOC_VEPC_REMOVE_ALL if arg != 0 => Err(Errno::EINVAL),
             SGX_IOC_VEPC_REMOVE_ALL => self.remove_all(),
@@ -285,7 +281,22 @@ impl VepcFile {
         })
     }
 
-    /// `ioctl(fd, request, arg)`.
+    /// `ioctl(fd, request, arg)` from `caller`: the VFS's answer
+    /// ([`super::vfs::do_vfs_ioctl`]), or the driver's.
+    pub fn ioctl_from(
+        &self,
+        caller: &mut dyn Caller,
+        request: u32,
+        arg: u64,
+    ) -> Result<u64, Errno> {
+        match do_vfs_ioctl(request, arg, caller) {
+            Vfs::Answered(r) => r,
+            Vfs::Driver => self.vepc.ioctl(request, arg),
+        }
+    }
+
+    /// The driver's `sgx_vepc_ioctl(request, arg)`, for a request the VFS does not
+    /// handle (REMOVE_ALL).
     pub fn ioctl(&self, request: u32, arg: u64) -> Result<u64, Errno> {
         self.vepc.ioctl(request, arg)
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::parse::{Command, Script, Step};
 use crate::abi::{Errno, Signal};
+use crate::driver::vfs::ScriptCaller;
 use crate::driver::{Device, ModelInstance, Sharing, VepcFile};
 use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
@@ -226,8 +227,11 @@ impl Runner {
             Command::Ioctl { fd, request, arg } => {
                 let file = self.file(fd)?;
                 // ioctl(2)'s request is an unsigned int: the kernel never sees the
-                // upper half of a wider number.
-                Ok(file.ioctl(*request as u32, *arg)?.to_string())
+                // upper half of a wider number. ARG is the pointer, as the VFS reads it.
+                let mut caller = ScriptCaller::default();
+                Ok(file
+                    .ioctl_from(&mut caller, *request as u32, *arg)?
+                    .to_string())
             }
             Command::Close(fd) => {
                 let slot = self.slot(fd);
