@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use vepc::abi::{KernelVersion, PAGE_SIZE};
-use vepc::driver::{Device, ModelInstance};
+use vepc::driver::{Device, ModelSection};
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, Strategy, reset};
 use vepc::script::parse_epc_sizes;
@@ -160,10 +160,10 @@ fn run(args: &Args) -> Result<(), String> {
     phases.push(phase("epc", epc_pages, t.elapsed(), None, 0));
 
     // One instance per section, mapped whole, its vCPUs on that section's node.
-    let mut guest: Vec<ModelInstance> = sections
+    let mut guest: Vec<ModelSection> = sections
         .iter()
         .enumerate()
-        .map(|(node, &bytes)| ModelInstance::open_on_node(&device, node, bytes))
+        .map(|(node, &bytes)| ModelSection::open_on_node(&device, node, bytes))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("open: {e}"))?;
     let share = args
@@ -235,12 +235,7 @@ fn run(args: &Args) -> Result<(), String> {
         Some(eremoves),
         args.eremove_ns,
     ));
-    let mut valid = 0u64;
-    for g in &guest {
-        g.file.vepc().each_page(0..u64::MAX, |_, p| {
-            valid += u64::from(device.epc().entry(p).valid());
-        });
-    }
+    let valid: u64 = guest.iter().map(|g| g.file.vepc().valid_pages()).sum();
     if valid != 0 {
         return Err(format!("{valid} pages still valid after the reset"));
     }
@@ -336,7 +331,7 @@ fn plan(pages: &[u64]) -> Vec<(Vec<Enclave>, Vec<u64>)> {
 
 fn build(
     device: &Arc<Device>,
-    guest: &[ModelInstance],
+    guest: &[ModelSection],
     s: usize,
     (enclaves, va): &(Vec<Enclave>, Vec<u64>),
     pb: &ProgressBar,

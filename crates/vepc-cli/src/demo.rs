@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, ModelInstance};
+use vepc::driver::{Device, ModelSection};
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, reset};
 
@@ -54,7 +54,7 @@ impl Story {
 /// A guest EPC section: its vEPC instance, mapped by the VMM.
 struct Section {
     name: &'static str,
-    inst: ModelInstance,
+    inst: ModelSection,
 }
 
 impl Section {
@@ -103,7 +103,7 @@ fn run(story: &mut Story) -> Result<(), String> {
     );
 
     let open = |name, size: u64| -> Result<Section, String> {
-        let inst = ModelInstance::open(&device, size).map_err(|e| format!("{name}: {e}"))?;
+        let inst = ModelSection::open(&device, size).map_err(|e| format!("{name}: {e}"))?;
         Ok(Section { name, inst })
     };
     let s0 = open("S0", 48 * MIB)?;

@@ -56,9 +56,7 @@ impl Log {
         }
         let mut text = Value::Object(obj).to_string();
         text.push('\n');
-        let mut f = file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut f = vepc::sync::unpoisoned(file);
         // One write per line: with O_APPEND, lines from processes never interleave.
         let _ = f.write_all(text.as_bytes());
     }

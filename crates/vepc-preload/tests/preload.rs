@@ -16,7 +16,7 @@ use common::{Scratch, read_log, remove_alls, shim_path};
 use serde_json::Value;
 use vepc::abi::Errno;
 
-const PAGE: usize = 4096;
+const PAGE: usize = vepc::abi::PAGE_SIZE as usize;
 const PATH: &CStr = c"/dev/sgx_vepc";
 const REMOVE_ALL: libc::c_ulong = 0xa404;
 

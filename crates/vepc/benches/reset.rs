@@ -13,7 +13,7 @@ use std::time::Duration;
 use divan::Bencher;
 use divan::counter::ItemsCount;
 use vepc::abi::KernelVersion;
-use vepc::driver::{Device, ModelInstance};
+use vepc::driver::{Device, ModelSection};
 use vepc::model::{AddType, Epc};
 use vepc::reset::{ResetOptions, Strategy, reset};
 
@@ -23,11 +23,11 @@ const ENCLAVE: u64 = 64;
 const EREMOVE_COST: Duration = Duration::from_nanos(1800);
 
 /// The guest; with `spanning`, every fourth enclave keeps its SECS in the next section.
-fn guest(spanning: bool) -> (Arc<Device>, Vec<ModelInstance>) {
+fn guest(spanning: bool) -> (Arc<Device>, Vec<ModelSection>) {
     let epc = Epc::new(&[SECTIONS as u64 * PAGES * 4096]).expect("EPC");
     let dev = Device::new(epc, KernelVersion::DEFAULT);
     let g: Vec<_> = (0..SECTIONS)
-        .map(|_| ModelInstance::open(&dev, PAGES * 4096).expect("open"))
+        .map(|_| ModelSection::open(&dev, PAGES * 4096).expect("open"))
         .collect();
     let epc = dev.epc();
     for (s, inst) in g.iter().enumerate() {

@@ -40,7 +40,7 @@ use vepc::driver::Device;
 use vepc::model::{AddType, Epc};
 use vepc::reset::{ResetOptions, reset};
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = vepc::abi::PAGE_SIZE;
 /// Pages in each of the guest's two EPC sections.
 const SECTION_PAGES: u64 = 64;
 /// Where the guest sees them, and its code.

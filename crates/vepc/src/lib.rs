@@ -30,6 +30,6 @@ pub mod model;
 pub mod probe;
 pub mod reset;
 pub mod script;
-mod sync;
+pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;

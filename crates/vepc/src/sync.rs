@@ -1,6 +1,9 @@
 //! The synchronization the model uses, from std, or from shuttle when the `shuttle`
 //! feature explores thread schedules (`tests/concurrency.rs`). Arc and Weak are std's
 //! either way, so the public API does not change.
+//!
+//! [`unpoisoned`] is for std's mutexes outside the model (the emulated device, the
+//! reset lock, the `LD_PRELOAD` shim), which shuttle never explores.
 
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -21,5 +24,11 @@ use std::sync::PoisonError;
 /// Takes a mutex even if a panicking thread poisoned it: every structure the model
 /// guards stays consistent between statements, so the data is still good.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes a std mutex even if a panicking thread poisoned it, for state that stays
+/// consistent between statements, as everything this workspace guards does.
+pub fn unpoisoned<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, ModelInstance};
+use vepc::driver::{Device, ModelSection};
 use vepc::model::Epc;
 use vepc::script::{Runner, parse, parse_attached};
 
@@ -34,8 +34,8 @@ fn attached_names_are_bound_before_the_first_line() {
 #[test]
 fn a_script_drives_instances_opened_outside_it() {
     let dev = device(64);
-    let s0 = ModelInstance::open(&dev, 8 * 4096).expect("S0");
-    let s1 = ModelInstance::open(&dev, 8 * 4096).expect("S1");
+    let s0 = ModelSection::open(&dev, 8 * 4096).expect("S0");
+    let s1 = ModelSection::open(&dev, 8 * 4096).expect("S1");
     let (v0, v1) = (Arc::clone(s0.file.vepc()), Arc::clone(s1.file.vepc()));
     let script = parse_attached(SPLIT, &["S0", "S1"]).expect("valid");
     let report =
@@ -60,7 +60,7 @@ fn a_script_drives_instances_opened_outside_it() {
 #[test]
 fn closing_an_attached_name_drops_only_the_scripts_handle() {
     let dev = device(16);
-    let s0 = ModelInstance::open(&dev, 4 * 4096).expect("S0");
+    let s0 = ModelSection::open(&dev, 4 * 4096).expect("S0");
     let v0 = Arc::clone(s0.file.vepc());
     let script = parse_attached("touch S0 0\nclose S0\nstats\n", &["S0"]).expect("valid");
     let report = Runner::attach(Arc::clone(&dev), vec![("S0".into(), s0)]).run(&script);

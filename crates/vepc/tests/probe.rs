@@ -174,7 +174,11 @@ fn every_missing_piece_is_a_reason() {
     let v = verdict(&f);
     assert!(!v.ok);
     assert_eq!(v.reasons.len(), 3, "{:?}", v.reasons);
-    assert!(v.reasons[0].contains("add it to the group sgx"));
+    assert!(
+        v.reasons[0].contains("add this user to the group `sgx`, which owns it"),
+        "{:?}",
+        v.reasons
+    );
     assert!(v.reasons[1].contains("older than 5.16"));
     assert!(v.reasons[2].contains("KVM"));
 

@@ -7,27 +7,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use proptest::prelude::*;
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, ModelInstance};
+use vepc::device::VepcError;
+use vepc::driver::{Device, ModelSection};
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetError, ResetOptions, Strategy as Rounds, VepcInstance, reset};
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = vepc::abi::PAGE_SIZE;
 
 fn device(pages: u64, kernel: KernelVersion) -> Arc<Device> {
     Device::new(Epc::new(&[pages * PAGE]).expect("valid EPC"), kernel)
 }
 
-fn sections(dev: &Arc<Device>, n: usize, pages: u64) -> Vec<ModelInstance> {
+fn sections(dev: &Arc<Device>, n: usize, pages: u64) -> Vec<ModelSection> {
     (0..n)
-        .map(|_| ModelInstance::open(dev, pages * PAGE).expect("open"))
+        .map(|_| ModelSection::open(dev, pages * PAGE).expect("open"))
         .collect()
 }
 
-fn page(inst: &ModelInstance, i: u64) -> EpcPage {
+fn page(inst: &ModelSection, i: u64) -> EpcPage {
     inst.maps[0].touch(i).expect("touch")
 }
 
-fn all_uninitialized(dev: &Device, insts: &[ModelInstance]) -> bool {
+fn all_uninitialized(dev: &Device, insts: &[ModelSection]) -> bool {
     insts
         .iter()
         .flat_map(|i| i.file.vepc().pages())
@@ -35,11 +36,7 @@ fn all_uninitialized(dev: &Device, insts: &[ModelInstance]) -> bool {
 }
 
 /// An enclave with its SECS at `secs` and `children` REG pages (the first a TCS).
-fn enclave(
-    dev: &Device,
-    secs: (&ModelInstance, u64),
-    children: &[(&ModelInstance, u64)],
-) -> EpcPage {
+fn enclave(dev: &Device, secs: (&ModelSection, u64), children: &[(&ModelSection, u64)]) -> EpcPage {
     let s = page(secs.0, secs.1);
     dev.epc().ecreate(s).expect("ecreate");
     for (n, &(inst, i)) in children.iter().enumerate() {
@@ -104,12 +101,20 @@ fn a_thread_inside_fails_without_a_quiesce_hook_and_succeeds_with_one() {
         failed.error,
         ResetError::Busy {
             instance: 0,
-            attempts: 4
+            attempts: 4,
+            error: VepcError::Busy
         },
         "1 call + 3 retries"
     );
     assert_eq!(failed.report.calls.len(), 4);
-    assert!(failed.error.to_string().contains("stop every vCPU"));
+    // The advice is the device error's, word for word.
+    assert!(failed.error.to_string().contains("stop the vCPUs"));
+    assert!(
+        failed
+            .error
+            .to_string()
+            .ends_with(&VepcError::Busy.to_string())
+    );
 
     let hooked = Cell::new(0);
     let mut stop = |instance: usize| {
@@ -158,12 +163,16 @@ impl Scripted {
 }
 
 impl VepcInstance for Scripted {
-    fn remove_all(&self) -> Result<u64, Errno> {
+    fn remove_all(&self) -> Result<u64, VepcError> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize;
-        self.answers.get(i).copied().unwrap_or(Ok(0))
+        self.answers
+            .get(i)
+            .copied()
+            .unwrap_or(Ok(0))
+            .map_err(VepcError::remove_all)
     }
 
-    fn recreate(&mut self) -> Result<(), Errno> {
+    fn recreate(&mut self) -> Result<(), VepcError> {
         self.recreated = true;
         Ok(())
     }
@@ -197,8 +206,14 @@ fn other_errors_are_reported_with_instance_and_round() {
         ResetError::Ioctl {
             instance: 0,
             round: 2,
-            errno: Errno::EINVAL
+            error: VepcError::remove_all(Errno::EINVAL)
         }
+    );
+    assert!(
+        failed
+            .error
+            .to_string()
+            .contains("the third argument must be 0")
     );
     // ENOTTY without the fallback is an error too.
     let mut g = [Scripted::new(&[Err(Errno::ENOTTY)])];
@@ -258,7 +273,7 @@ fn layout() -> impl Strategy<Value = Layout> {
 
 /// Builds the layout on a fresh device: each section's pages are handed out in a
 /// shuffled but deterministic order so SECS land above and below their children.
-fn build(l: &Layout, cost_ns: u64) -> (Arc<Device>, Vec<ModelInstance>) {
+fn build(l: &Layout, cost_ns: u64) -> (Arc<Device>, Vec<ModelSection>) {
     let dev = device(1024, KernelVersion::DEFAULT);
     dev.epc()
         .set_eremove_cost(std::time::Duration::from_nanos(cost_ns));
@@ -284,7 +299,7 @@ fn build(l: &Layout, cost_ns: u64) -> (Arc<Device>, Vec<ModelInstance>) {
     (dev, g)
 }
 
-fn end_state(dev: &Device, g: &[ModelInstance]) -> Vec<Vec<(u64, bool)>> {
+fn end_state(dev: &Device, g: &[ModelSection]) -> Vec<Vec<(u64, bool)>> {
     g.iter()
         .map(|i| {
             i.file

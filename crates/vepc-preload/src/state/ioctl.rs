@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use vepc::abi::{Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL};
 use vepc::driver::vfs::{Caller, Source, Vfs, do_vfs_ioctl};
-use vepc::driver::{ModelInstance, Sharing};
+use vepc::driver::{ModelSection, Sharing};
 use vepc::script::{Runner, parse_attached};
 
 use super::{Open, Shim, lock};
@@ -94,7 +94,7 @@ impl Shim {
         // The script's touches take EPC pages outside the program's mappings: from
         // here on every first touch is decided by the model as it happens.
         self.emulated.go_exact();
-        let instances: Vec<(String, ModelInstance)> = live
+        let instances: Vec<(String, ModelSection)> = live
             .iter()
             .map(|(name, open)| {
                 let file = open.file.model();
@@ -106,7 +106,7 @@ impl Shim {
                     })
                     .into_iter()
                     .collect();
-                let inst = ModelInstance {
+                let inst = ModelSection {
                     file: file.clone(),
                     maps,
                 };

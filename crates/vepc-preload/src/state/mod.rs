@@ -11,7 +11,7 @@ mod maps;
 use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
 use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Faults, Released};
@@ -23,9 +23,7 @@ use crate::inject::Injections;
 use crate::log::Log;
 use fds::FdMarks;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use vepc::sync::unpoisoned as lock;
 
 /// One open of the device: what the kernel calls the file. Descriptors from `dup`
 /// share it; the instance is released when the last descriptor is closed and the last

@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use crate::abi::Errno;
 
 /// A failed call on `/dev/sgx_vepc` (the host's, or the emulated one: both answer
-/// with the same errnos, so both fail with the same errors).
-#[derive(Debug, thiserror::Error)]
+/// with the same errnos, so both fail with the same errors). Its message is the one
+/// place that says what to do about each errno: the reset protocol and the probe
+/// reuse it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VepcError {
     /// `open` answered `ENOENT`/`ENODEV`/`ENXIO`.
     #[error(
@@ -80,7 +82,8 @@ impl VepcError {
         }
     }
 
-    pub(crate) fn open(path: PathBuf, errno: Errno) -> Self {
+    /// The error for an `open` of `path` that failed with `errno`.
+    pub fn open(path: PathBuf, errno: Errno) -> Self {
         match errno {
             Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => Self::NoDevice { path, errno },
             Errno::EACCES | Errno::EPERM => {
@@ -91,7 +94,8 @@ impl VepcError {
         }
     }
 
-    pub(crate) fn mmap(errno: Errno) -> Self {
+    /// The error for an `mmap` that failed with `errno`.
+    pub fn mmap(errno: Errno) -> Self {
         match errno {
             Errno::EINVAL => Self::InvalidArgument {
                 op: "mmap",
@@ -101,7 +105,8 @@ impl VepcError {
         }
     }
 
-    pub(crate) fn remove_all(errno: Errno) -> Self {
+    /// The error for a REMOVE_ALL that failed with `errno`.
+    pub fn remove_all(errno: Errno) -> Self {
         match errno {
             Errno::ENOTTY => Self::NoRemoveAll,
             Errno::EBUSY => Self::Busy,

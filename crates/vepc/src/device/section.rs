@@ -2,7 +2,6 @@
 
 use super::error::VepcError;
 use super::{EpcRegion, MapOptions, VepcDevice, VepcFd};
-use crate::abi::Errno;
 use crate::reset::VepcInstance;
 
 /// One guest EPC section (QEMU: one `memory-backend-epc`): an open instance and its
@@ -54,16 +53,16 @@ impl VepcSection {
 }
 
 impl VepcInstance for VepcSection {
-    fn remove_all(&self) -> Result<u64, Errno> {
-        self.fd.remove_all().map_err(|e| e.errno())
+    fn remove_all(&self) -> Result<u64, VepcError> {
+        self.fd.remove_all()
     }
 
     /// Opens a new instance, maps it over the old one's range with `MAP_FIXED` (so the
     /// guest's memory slot stays valid), then closes the old file: with its mapping
     /// already replaced, that is its last reference, and the kernel releases it.
-    fn recreate(&mut self) -> Result<(), Errno> {
-        let new = self.device.open().map_err(|e| e.errno())?;
-        self.region.remap(&new, self.opts).map_err(|e| e.errno())?;
+    fn recreate(&mut self) -> Result<(), VepcError> {
+        let new = self.device.open()?;
+        self.region.remap(&new, self.opts)?;
         self.fd = new;
         Ok(())
     }

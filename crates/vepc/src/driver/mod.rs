@@ -4,13 +4,14 @@
 //!   the kernel version it behaves like;
 //! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
 //!   mappings; the instance is released when the last of them is dropped;
-//! - [`ModelInstance`]: an instance as a VMM holds it, for [`crate::reset`];
+//! - [`ModelSection`]: a guest EPC section on the model, without memory (scripts,
+//!   terabyte-scale benchmarks), for [`crate::reset`];
 //! - [`Device::check`]: the consistency check any test can call;
 //! - [`vfs`]: the ioctls the VFS answers before the driver sees them.
 
 mod check;
-mod instance;
 mod page_map;
+mod section;
 mod vepc;
 pub mod vfs;
 
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 pub use check::Inconsistency;
-pub use instance::ModelInstance;
+pub use section::ModelSection;
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelVersion};

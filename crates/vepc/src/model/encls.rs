@@ -148,19 +148,10 @@ impl Epc {
             if !t.is(PageType::Tcs) {
                 return Err(EnclsError::PF);
             }
-            let secs = t.owner();
-            let s = match self.lock_secs(secs) {
-                Ok(s) => s,
-                Err(EnclsError::GP) => return Err(EnclsError::GP),
-                // The TCS changed under us: look again.
-                Err(_) if self.entry(tcs) != t => continue,
-                Err(e) => return Err(e),
-            };
-            // With the SECS held the TCS can no longer change; check it still is ours.
-            if self.entry(tcs) != t {
-                self.unlock(secs, s);
+            let Some(s) = self.lock_owner(tcs, t, false)? else {
                 continue;
-            }
+            };
+            let secs = t.owner();
             if !s.initialized() || t.tcs_busy() || s.threads() == MAX_THREADS {
                 self.unlock(secs, s);
                 return Err(EnclsError::GP);
@@ -179,17 +170,14 @@ impl Epc {
             if !t.is(PageType::Tcs) || !t.tcs_busy() {
                 return Err(EnclsError::UD);
             }
-            let secs = t.owner();
-            let Some(s) = self.lock_secs_wait(secs) else {
-                if self.entry(tcs) != t {
-                    continue;
-                }
-                return Err(EnclsError::UD);
+            // EEXIT is the thread's own way out: it waits for the SECS rather than
+            // faulting. A TCS whose SECS is no SECS: outside enclave mode, #UD.
+            let s = match self.lock_owner(tcs, t, true) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(_) => return Err(EnclsError::UD),
             };
-            if self.entry(tcs) != t {
-                self.unlock(secs, s);
-                continue;
-            }
+            let secs = t.owner();
             self.store(tcs, t.with_flag6(false));
             self.unlock(secs, s.with_threads(s.threads() - 1));
             return Ok(());

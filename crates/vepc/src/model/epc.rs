@@ -372,6 +372,36 @@ impl Epc {
         }
     }
 
+    /// Locks the SECS that owns the child page `child`, seen as `seen`, and checks with
+    /// it held that the child is still `seen` (rule 2: only the SECS's holder writes a
+    /// child). `Ok(None)`: the child changed meanwhile, look again. `Err(#GP)`: another
+    /// leaf holds the SECS (never when `wait`); `Err(#PF)`: the owner is no SECS.
+    pub(crate) fn lock_owner(
+        &self,
+        child: EpcPage,
+        seen: Entry,
+        wait: bool,
+    ) -> Result<Option<Entry>, EnclsError> {
+        let secs = seen.owner();
+        let locked = if wait {
+            self.lock_secs_wait(secs).ok_or(EnclsError::PF)
+        } else {
+            self.lock_secs(secs)
+        };
+        let s = match locked {
+            Ok(s) => s,
+            Err(EnclsError::GP) => return Err(EnclsError::GP),
+            // The child changed under us: its caller looks again.
+            Err(_) if self.entry(child) != seen => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.entry(child) != seen {
+            self.unlock(secs, s);
+            return Ok(None);
+        }
+        Ok(Some(s))
+    }
+
     /// Like [`lock_secs`](Self::lock_secs), but waits out another leaf instead of
     /// faulting. `None` if `s` is not a valid SECS.
     pub(crate) fn lock_secs_wait(&self, s: EpcPage) -> Option<Entry> {

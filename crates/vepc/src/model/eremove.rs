@@ -123,20 +123,12 @@ impl<'e> Sweep<'e> {
                     return Ok(());
                 }
                 _child => {
-                    let secs = e.owner();
-                    let s = match epc.lock_secs(secs) {
-                        Ok(s) => s,
-                        Err(EnclsError::GP) => return Err(EnclsError::GP),
-                        // The page changed under us: look again.
-                        Err(_) if epc.entry(page) != e => continue,
-                        // A child whose SECS is no SECS: the EPCM contradicts itself.
-                        // Only a bug gets here; answer as broken hardware would.
-                        Err(e) => return Err(e),
-                    };
-                    if epc.entry(page) != e {
-                        epc.unlock(secs, s);
+                    // A child whose SECS is no SECS (#PF) means the EPCM contradicts
+                    // itself: only a bug gets there; answer as broken hardware would.
+                    let Some(s) = epc.lock_owner(page, e, false)? else {
                         continue;
-                    }
+                    };
+                    let secs = e.owner();
                     if s.threads() > 0 {
                         epc.unlock(secs, s);
                         return Err(EnclsError::ENCLAVE_ACT);

@@ -8,7 +8,8 @@
 pub mod cpuid;
 pub mod host;
 
-use crate::abi::KernelVersion;
+use crate::abi::{Errno, KernelVersion};
+use crate::device::{SGX_VEPC_PATH, VepcError};
 pub use host::{HostFacts, gather};
 
 /// The probe's answer.
@@ -37,17 +38,29 @@ pub fn verdict(f: &HostFacts) -> Verdict {
         ),
         Some(_) => {}
     }
-    if let Some(vepc) = f.devices.iter().find(|d| d.path == "/dev/sgx_vepc") {
+    if let Some(vepc) = f.devices.iter().find(|d| d.path == SGX_VEPC_PATH) {
+        // What to do about the node is the device error's to say, as a VMM would hear it.
+        let path = std::path::PathBuf::from(SGX_VEPC_PATH);
         match (&vepc.exists, &vepc.open_error) {
             (false, _) => reasons.push(
-                "no /dev/sgx_vepc: the kernel lacks SGX virtualization (CONFIG_X86_SGX_KVM, \
-                 Linux 5.13+) or SGX is off"
-                    .into(),
+                VepcError::NoDevice {
+                    path,
+                    errno: Errno::ENOENT,
+                }
+                .to_string(),
             ),
-            (true, Some(e)) => reasons.push(format!(
-                "this user cannot open /dev/sgx_vepc ({e}): add it to the group {}",
-                vepc.group.as_deref().unwrap_or("that owns it")
-            )),
+            (true, Some(e)) => {
+                let errno = Errno::from_name(e).unwrap_or(Errno::EACCES);
+                let error = match errno {
+                    Errno::EACCES | Errno::EPERM => VepcError::PermissionDenied {
+                        path,
+                        errno,
+                        group: vepc.group.clone(),
+                    },
+                    _ => VepcError::open(path, errno),
+                };
+                reasons.push(format!("this user cannot open it: {error}"));
+            }
             (true, None) => {}
         }
     }

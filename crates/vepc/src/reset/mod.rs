@@ -1,6 +1,6 @@
 //! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst` (docs/SEMANTICS.md
 //! §4), written once against [`VepcInstance`], which both the real device
-//! ([`crate::real::RealInstance`]) and the model ([`crate::driver::ModelInstance`])
+//! ([`crate::real::RealInstance`]) and the model ([`crate::driver::ModelSection`])
 //! implement.
 //!
 //! 1. Round 1: REMOVE_ALL on every instance of the guest. Children go; SECS pages
@@ -26,16 +26,18 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::abi::Errno;
+use crate::device::VepcError;
 
-/// One guest EPC section as the VMM holds it: an open vEPC instance and its mapping.
+/// What the protocol needs of one guest EPC section: an open vEPC instance and its
+/// mapping ([`crate::device::VepcSection`] on either device,
+/// [`crate::driver::ModelSection`] on the model without memory).
 pub trait VepcInstance {
-    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: the count of SECS pages left, or the
-    /// errno.
-    fn remove_all(&self) -> Result<u64, Errno>;
+    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: the count of SECS pages left.
+    fn remove_all(&self) -> Result<u64, VepcError>;
 
     /// Replaces the instance with a new one mapped over the same address range, then
     /// drops the old one (the only reset on kernels before 5.16).
-    fn recreate(&mut self) -> Result<(), Errno>;
+    fn recreate(&mut self) -> Result<(), VepcError>;
 }
 
 /// How REMOVE_ALL's first round is issued.
@@ -86,6 +88,21 @@ pub struct Call {
     pub elapsed: Duration,
 }
 
+impl Call {
+    /// Makes call `round` on `instance`, timing it.
+    fn make<I: VepcInstance>(inst: &I, instance: usize, round: u8) -> (Self, Option<VepcError>) {
+        let t = Instant::now();
+        let answer = inst.remove_all();
+        let call = Self {
+            instance,
+            round,
+            answer: answer.as_ref().map(|&n| n).map_err(VepcError::errno),
+            elapsed: t.elapsed(),
+        };
+        (call, answer.err())
+    }
+}
+
 fn answer_str<S: serde::Serializer>(a: &Result<u64, Errno>, s: S) -> Result<S::Ok, S::Error> {
     match a {
         Ok(n) => s.serialize_str(&n.to_string()),
@@ -119,30 +136,29 @@ impl ResetReport {
     }
 }
 
-/// Why a reset did not bring every page back to uninitialized.
+/// Why a reset did not bring every page back to uninitialized. Each says what to do,
+/// in the words of the [`VepcError`] the device answered with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResetError {
     /// An instance kept answering `EBUSY`.
-    #[error(
-        "instance {instance} still answered EBUSY after {attempts} attempt(s): a vCPU is \
-         running inside an enclave (stop every vCPU of the guest, e.g. in the quiesce \
-         hook), or a vEPC fd is being closed at the same time"
-    )]
+    #[error("instance {instance} still failed after {attempts} attempt(s): {error}")]
     Busy {
         /// Position of the instance.
         instance: usize,
         /// Calls made.
         attempts: u32,
+        /// The last answer (`EBUSY`).
+        error: VepcError,
     },
     /// A REMOVE_ALL failed with something else.
-    #[error("REMOVE_ALL on instance {instance} in round {round} failed with {errno}{}", hint(*.errno))]
+    #[error("REMOVE_ALL on instance {instance} in round {round}: {error}")]
     Ioctl {
         /// Position of the instance.
         instance: usize,
         /// 1 or 2.
         round: u8,
         /// What it answered.
-        errno: Errno,
+        error: VepcError,
     },
     /// Round 2 still found SECS pages with children.
     #[error(
@@ -156,23 +172,27 @@ pub enum ResetError {
         count: u64,
     },
     /// Recreating an instance (the pre-5.16 fallback) failed.
-    #[error("recreating instance {instance} (kernel without REMOVE_ALL) failed with {errno}")]
+    #[error("recreating instance {instance} (kernel without REMOVE_ALL): {error}")]
     Recreate {
         /// Position of the instance.
         instance: usize,
         /// What failed.
-        errno: Errno,
+        error: VepcError,
     },
     /// The VMM's quiesce hook failed.
     #[error("the quiesce hook failed: {0}")]
     Quiesce(String),
 }
 
-fn hint(errno: Errno) -> &'static str {
-    match errno {
-        Errno::ENOTTY => ": the kernel is older than 5.16 (enable recreate_on_enotty)",
-        Errno::EINVAL => ": the ioctl's argument must be 0",
-        _ => "",
+impl ResetError {
+    /// The errno behind the failure, if the device answered with one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Self::Busy { error, .. } | Self::Ioctl { error, .. } | Self::Recreate { error, .. } => {
+                Some(error.errno())
+            }
+            Self::SecsLeft { .. } | Self::Quiesce(_) => None,
+        }
     }
 }
 
@@ -182,8 +202,8 @@ fn hint(errno: Errno) -> &'static str {
 pub struct ResetFailed {
     /// Why it stopped.
     pub error: ResetError,
-    /// The calls made until then.
-    pub report: ResetReport,
+    /// The calls made until then (boxed: the error is what a caller matches on).
+    pub report: Box<ResetReport>,
 }
 
 /// Called with an instance's position when it answered `EBUSY`: stop the vCPUs.
@@ -198,9 +218,7 @@ pub fn reset<I: VepcInstance + Sync>(
     quiesce: Option<Quiesce<'_>>,
 ) -> Result<ResetReport, ResetFailed> {
     // std's lock, not the model's: resets are not part of what shuttle explores.
-    let _serialized = RESET_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _serialized = crate::sync::unpoisoned(&RESET_LOCK);
     let started = Instant::now();
     let mut run = Run {
         opts,
@@ -216,7 +234,7 @@ pub fn reset<I: VepcInstance + Sync>(
         Ok(()) => Ok(run.report),
         Err(error) => Err(ResetFailed {
             error,
-            report: run.report,
+            report: Box::new(run.report),
         }),
     }
 }
@@ -232,7 +250,7 @@ struct NoRemoveAll;
 
 /// Why an instance's calls stopped without an answer.
 enum Stop {
-    Errno(Errno),
+    Device(VepcError),
     Quiesce(String),
 }
 
@@ -258,13 +276,13 @@ impl Run<'_, '_> {
         &mut self,
         instances: &[I],
     ) -> Result<Result<Vec<u64>, NoRemoveAll>, ResetError> {
-        let first: Vec<Option<Result<u64, Errno>>> = match self.opts.strategy {
-            Strategy::Serial => vec![None; instances.len()],
+        let first: Vec<Option<Result<u64, VepcError>>> = match self.opts.strategy {
+            Strategy::Serial => (0..instances.len()).map(|_| None).collect(),
             Strategy::Parallel => parallel::round1(instances, &mut self.report.calls)
                 .into_iter()
                 .map(|a| match a {
                     // Conflicts between the concurrent calls: retried one by one below.
-                    Err(Errno::EBUSY) => None,
+                    Err(e) if e.errno() == Errno::EBUSY => None,
                     other => Some(other),
                 })
                 .collect(),
@@ -272,12 +290,14 @@ impl Run<'_, '_> {
         let mut counts = Vec::with_capacity(instances.len());
         for (i, done) in first.into_iter().enumerate() {
             let answer = match done {
-                Some(a) => a.map_err(Stop::Errno),
+                Some(a) => a.map_err(Stop::Device),
                 None => self.call_busy_aware(&instances[i], i, 1),
             };
             match answer {
                 Ok(n) => counts.push(n),
-                Err(Stop::Errno(Errno::ENOTTY)) if self.opts.recreate_on_enotty => {
+                Err(Stop::Device(e))
+                    if e.errno() == Errno::ENOTTY && self.opts.recreate_on_enotty =>
+                {
                     return Ok(Err(NoRemoveAll));
                 }
                 Err(stop) => return Err(self.failure(i, 1, stop)),
@@ -297,8 +317,9 @@ impl Run<'_, '_> {
         let mut retries = 0;
         loop {
             let answer = self.call(inst, i, round);
-            if answer != Err(Errno::EBUSY) || retries == self.opts.busy_retries {
-                return answer.map_err(Stop::Errno);
+            let busy = matches!(&answer, Err(e) if e.errno() == Errno::EBUSY);
+            if !busy || retries == self.opts.busy_retries {
+                return answer.map_err(Stop::Device);
             }
             retries += 1;
             if let Some(q) = self.quiesce.as_mut() {
@@ -308,22 +329,20 @@ impl Run<'_, '_> {
         }
     }
 
-    fn call<I: VepcInstance>(&mut self, inst: &I, i: usize, round: u8) -> Result<u64, Errno> {
-        let t = Instant::now();
-        let answer = inst.remove_all();
-        self.report.calls.push(Call {
-            instance: i,
-            round,
-            answer,
-            elapsed: t.elapsed(),
-        });
-        answer
+    fn call<I: VepcInstance>(&mut self, inst: &I, i: usize, round: u8) -> Result<u64, VepcError> {
+        let (call, error) = Call::make(inst, i, round);
+        let answer = call.answer;
+        self.report.calls.push(call);
+        match error {
+            Some(e) => Err(e),
+            None => answer.map_err(VepcError::remove_all),
+        }
     }
 
     fn failure(&self, instance: usize, round: u8, stop: Stop) -> ResetError {
         match stop {
             Stop::Quiesce(why) => ResetError::Quiesce(why),
-            Stop::Errno(Errno::EBUSY) => ResetError::Busy {
+            Stop::Device(error) if error.errno() == Errno::EBUSY => ResetError::Busy {
                 instance,
                 attempts: self
                     .report
@@ -331,11 +350,12 @@ impl Run<'_, '_> {
                     .iter()
                     .filter(|c| c.instance == instance && c.round == round)
                     .count() as u32,
+                error,
             },
-            Stop::Errno(errno) => ResetError::Ioctl {
+            Stop::Device(error) => ResetError::Ioctl {
                 instance,
                 round,
-                errno,
+                error,
             },
         }
     }
@@ -343,7 +363,7 @@ impl Run<'_, '_> {
     fn recreate_all<I: VepcInstance>(&mut self, instances: &mut [I]) -> Result<(), ResetError> {
         for (i, inst) in instances.iter_mut().enumerate() {
             inst.recreate()
-                .map_err(|errno| ResetError::Recreate { instance: i, errno })?;
+                .map_err(|error| ResetError::Recreate { instance: i, error })?;
         }
         self.report.recreated = Some(instances.len());
         Ok(())

@@ -1,9 +1,8 @@
 //! The parallel first round: one thread per instance, all calls at once.
 
-use std::time::Instant;
-
 use super::{Call, VepcInstance};
 use crate::abi::Errno;
+use crate::device::VepcError;
 
 /// Calls REMOVE_ALL on every instance at once; records the calls in `calls` and
 /// returns each instance's answer. Instances whose SECS and children are split
@@ -12,39 +11,39 @@ use crate::abi::Errno;
 pub(super) fn round1<I: VepcInstance + Sync>(
     instances: &[I],
     calls: &mut Vec<Call>,
-) -> Vec<Result<u64, Errno>> {
-    let answered: Vec<Call> = std::thread::scope(|s| {
+) -> Vec<Result<u64, VepcError>> {
+    let answered: Vec<(Call, Option<VepcError>)> = std::thread::scope(|s| {
         let handles: Vec<_> = instances
             .iter()
             .enumerate()
-            .map(|(instance, inst)| {
-                s.spawn(move || {
-                    let t = Instant::now();
-                    let answer = inst.remove_all();
-                    Call {
-                        instance,
-                        round: 1,
-                        answer,
-                        elapsed: t.elapsed(),
-                    }
-                })
-            })
+            .map(|(instance, inst)| s.spawn(move || Call::make(inst, instance, 1)))
             .collect();
         handles
             .into_iter()
             .enumerate()
             .map(|(instance, h)| {
-                h.join().unwrap_or(Call {
-                    instance,
-                    round: 1,
+                h.join().unwrap_or_else(|_| {
                     // A panicking implementation: treat like a conflict, retried serially.
-                    answer: Err(Errno::EBUSY),
-                    elapsed: std::time::Duration::ZERO,
+                    let busy = Call {
+                        instance,
+                        round: 1,
+                        answer: Err(Errno::EBUSY),
+                        elapsed: std::time::Duration::ZERO,
+                    };
+                    (busy, Some(VepcError::remove_all(Errno::EBUSY)))
                 })
             })
             .collect()
     });
-    let answers = answered.iter().map(|c| c.answer).collect();
-    calls.extend(answered);
-    answers
+    answered
+        .into_iter()
+        .map(|(call, error)| {
+            let answer = match error {
+                Some(e) => Err(e),
+                None => call.answer.map_err(VepcError::remove_all),
+            };
+            calls.push(call);
+            answer
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::parse::{Command, Script, Step};
 use crate::abi::{Errno, Signal};
 use crate::driver::vfs::ScriptCaller;
-use crate::driver::{Device, ModelInstance, Sharing, VepcFile};
+use crate::driver::{Device, ModelSection, Sharing, VepcFile};
 use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
 
@@ -72,7 +72,7 @@ pub struct Runner {
     device: Arc<Device>,
     /// Every FD ever opened (`None` once closed, or if the open failed); names point
     /// at the newest one with that name.
-    fds: Vec<Option<ModelInstance>>,
+    fds: Vec<Option<ModelSection>>,
     names: HashMap<String, usize>,
     /// Enclave name → (FD slot, page): the guest's pointer to its SECS.
     enclaves: HashMap<String, (usize, u64)>,
@@ -98,7 +98,7 @@ impl Runner {
     /// drives a program's own instances through them. The script's `epc` and `kernel`
     /// lines change nothing then: the device exists. `close` of such a name drops
     /// only the runner's handle; the program's own stays open.
-    pub fn attach(device: Arc<Device>, fds: Vec<(String, ModelInstance)>) -> Self {
+    pub fn attach(device: Arc<Device>, fds: Vec<(String, ModelSection)>) -> Self {
         let mut names = HashMap::new();
         let mut slots = Vec::with_capacity(fds.len());
         for (name, inst) in fds {
@@ -172,7 +172,7 @@ impl Runner {
             Command::Epc(_) | Command::Kernel(_) => Ok("ok".into()),
             Command::Open(name) => {
                 let file = self.device.open();
-                self.fds.push(file.as_ref().ok().map(|f| ModelInstance {
+                self.fds.push(file.as_ref().ok().map(|f| ModelSection {
                     file: f.clone(),
                     maps: Vec::new(),
                 }));
@@ -272,7 +272,7 @@ impl Runner {
                 slots.push(slot);
             }
         }
-        let mut instances: Vec<ModelInstance> =
+        let mut instances: Vec<ModelSection> =
             slots.iter().filter_map(|&s| self.fds[s].take()).collect();
         let outcome = reset(&mut instances, &ResetOptions::default(), None);
         for (slot, inst) in slots.into_iter().zip(instances) {
@@ -282,11 +282,8 @@ impl Runner {
             Ok(_) => Ok("ok".into()),
             Err(failed) => match failed.error {
                 ResetError::SecsLeft { .. } => Ok("SECS_LEFT".into()),
-                ResetError::Busy { .. } => Err(Fail::Errno(Errno::EBUSY)),
-                ResetError::Ioctl { errno, .. } | ResetError::Recreate { errno, .. } => {
-                    Err(Fail::Errno(errno))
-                }
                 ResetError::Quiesce(_) => Err(Fail::Errno(Errno::EBUSY)),
+                error => Err(Fail::Errno(error.errno().unwrap_or(Errno::EBUSY))),
             },
         }
     }

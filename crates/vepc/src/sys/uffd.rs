@@ -29,7 +29,7 @@ const UFFDIO_COPY_BIT: u64 = 1 << 3;
 /// `sizeof(struct uffd_msg)`.
 const MSG_LEN: usize = 32;
 
-const PAGE: usize = 4096;
+const PAGE: usize = crate::abi::PAGE_SIZE as usize;
 
 #[repr(C)]
 struct UffdioApi {

@@ -30,12 +30,13 @@ mod regions;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::{MemfdFlags, SeekFrom};
 
 use crate::abi::{Errno, PAGE_SIZE};
 use crate::driver::{Device, Mapping, Sharing, Stats, VepcFile};
+use crate::sync::unpoisoned as lock;
 use crate::sys::mm;
 use crate::sys::uffd::Userfaultfd;
 use regions::Regions;
@@ -154,10 +155,6 @@ enum Answer {
     Backed,
     Sigbus { prot: i32 },
     Unknown,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Emulated {

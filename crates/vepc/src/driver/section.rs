@@ -1,21 +1,25 @@
-//! [`ModelInstance`]: a guest EPC section on the model, as a VMM holds it.
+//! [`ModelSection`]: a guest EPC section on the model, as a VMM holds it, without
+//! memory behind it: what scripts and the terabyte-scale benchmark drive. (With memory
+//! a VMM can hand to KVM, it is a [`crate::device::VepcSection`] on the emulated
+//! device.)
 
 use std::sync::Arc;
 
 use super::{Mapping, Sharing, VepcFile};
 use crate::abi::{Errno, PAGE_SIZE};
+use crate::device::{SGX_VEPC_PATH, VepcError};
 use crate::reset::VepcInstance;
 
 /// An open model instance and the mappings the VMM made of it.
 #[derive(Debug)]
-pub struct ModelInstance {
+pub struct ModelSection {
     /// The open file.
     pub file: VepcFile,
     /// Its mappings.
     pub maps: Vec<Mapping>,
 }
 
-impl ModelInstance {
+impl ModelSection {
     /// An instance with one mapping of `len` bytes at offset 0.
     pub fn open(device: &Arc<super::Device>, len: u64) -> Result<Self, Errno> {
         Self::open_on_node(device, 0, len)
@@ -33,21 +37,25 @@ impl ModelInstance {
     }
 }
 
-impl VepcInstance for ModelInstance {
-    fn remove_all(&self) -> Result<u64, Errno> {
-        self.file.remove_all()
+impl VepcInstance for ModelSection {
+    fn remove_all(&self) -> Result<u64, VepcError> {
+        self.file.remove_all().map_err(VepcError::remove_all)
     }
 
     /// Opens a new instance, maps it as the old one was mapped, then drops the old
     /// one (which the kernel then releases).
-    fn recreate(&mut self) -> Result<(), Errno> {
+    fn recreate(&mut self) -> Result<(), VepcError> {
         let vepc = self.file.vepc();
-        let file = vepc.device().open_on_node(vepc.node())?;
+        let file = vepc
+            .device()
+            .open_on_node(vepc.node())
+            .map_err(|e| VepcError::open(SGX_VEPC_PATH.into(), e))?;
         let maps = self
             .maps
             .iter()
             .map(|m| file.mmap(m.pages() * PAGE_SIZE, Sharing::Shared, m.pgoff()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VepcError::mmap)?;
         *self = Self { file, maps };
         Ok(())
     }
