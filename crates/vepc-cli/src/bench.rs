@@ -17,7 +17,6 @@ use vepc::abi::{KernelVersion, PAGE_SIZE};
 use vepc::driver::{Device, ModelSection};
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, Strategy, reset};
-use vepc::script::parse_epc_sizes;
 
 use crate::out;
 
@@ -149,7 +148,8 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let sections = parse_epc_sizes(&args.sections).map_err(|e| format!("--sections: {e}"))?;
+    let sections =
+        vepc::model::Epc::parse_sizes(&args.sections).map_err(|e| format!("--sections: {e}"))?;
     let total = Instant::now();
     let mut phases = Vec::new();
 

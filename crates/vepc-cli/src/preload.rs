@@ -67,7 +67,7 @@ fn prepare(args: &Args) -> Result<Command, String> {
     let mut cmd = Command::new(&args.command[0]);
     cmd.args(&args.command[1..]);
     if let Some(epc) = &args.epc {
-        script::parse_epc_sizes(epc).map_err(|e| format!("--epc {epc}: {e}"))?;
+        vepc::model::Epc::parse_sizes(epc).map_err(|e| format!("--epc {epc}: {e}"))?;
         cmd.env("VEPC_EPC", epc);
     }
     if let Some(k) = &args.kernel {

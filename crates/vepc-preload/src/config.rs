@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 
 use vepc::abi::KernelVersion;
+use vepc::model::{Epc, EpcError};
 use vepc::script::{self, DEFAULT_EPC, Script};
 
 use crate::inject::{InjectError, Injections};
@@ -58,7 +59,7 @@ pub enum ConfigError {
         /// The variable's value.
         value: String,
         /// What is wrong with it.
-        why: String,
+        why: EpcError,
     },
     /// `VEPC_KERNEL` is not a version.
     #[error("VEPC_KERNEL={0:?}: expected a version such as 5.15 or 6.18")]
@@ -129,7 +130,7 @@ impl Config {
         let parsed: Option<&Script> = script.as_ref().map(|(_, _, s)| s);
         let epc = match var("VEPC_EPC") {
             Some(value) => {
-                script::parse_epc_sizes(&value).map_err(|why| ConfigError::Epc { value, why })?
+                Epc::parse_sizes(&value).map_err(|why| ConfigError::Epc { value, why })?
             }
             None => parsed.map_or(vec![DEFAULT_EPC], |s| s.epc.clone()),
         };

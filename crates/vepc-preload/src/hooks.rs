@@ -95,7 +95,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: passed on unchanged.
         return unsafe { real::close(fd) };
     };
-    let open = shim.take_fd(fd);
+    let open = shim.closing(fd);
     // SAFETY: passed on unchanged.
     let r = unsafe { real::close(fd) };
     if let Some(o) = &open {
@@ -214,9 +214,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
         // SAFETY: passed on unchanged.
         return unsafe { real::ioctl(fd, request, arg) };
     };
-    let (r, injected) = shim.ioctl(fd, &open, request, arg);
-    shim.log_ioctl(fd, &open, request, arg, r, injected);
-    match r {
+    match shim.ioctl(fd, &open, request, arg) {
         Ok(n) => c_int::try_from(n).unwrap_or(c_int::MAX),
         Err(e) => fail(e),
     }
@@ -228,7 +226,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: c_ulong) -> c_i
 /// As `mmap`; `fd` is the shim's.
 unsafe fn mmap_vepc(
     shim: &Shim,
-    open: &std::sync::Arc<crate::state::Open>,
+    open: &std::sync::Arc<crate::state::OpenFile>,
     call: &str,
     (addr, len, prot, flags, fd, off): (*mut c_void, usize, c_int, c_int, c_int, i64),
 ) -> *mut c_void {
@@ -247,7 +245,7 @@ unsafe fn mmap_vepc(
             ],
         );
     };
-    let plan = match shim.mmap_plan(open, len, prot, flags, off) {
+    let pgoff = match shim.mmap_plan(open, len, prot, flags, off) {
         Ok(p) => p,
         Err(e) => {
             log(Err(e));
@@ -256,10 +254,10 @@ unsafe fn mmap_vepc(
     };
     // SAFETY: the program's own mapping request, with its address and flags: the
     // caller's contract is mmap(2)'s.
-    let mapped = unsafe { open.file.mmap(addr as usize, len, prot, flags, plan.pgoff) };
+    let mapped = unsafe { open.file.mmap(addr as usize, len, prot, flags, pgoff) };
     match mapped {
         Ok(p) => {
-            shim.mapped(open, &plan, len.next_multiple_of(4096));
+            shim.mapped(open, pgoff, len);
             log(Ok(p as u64));
             p as *mut c_void
         }

@@ -16,6 +16,7 @@
 //! - [`reset`]: the guest-reboot reset protocol, written once for every instance;
 //! - [`probe`]: what a host operator needs to know before starting SGX guests;
 //! - [`abi`]: request numbers, return codes and errno values, as the kernel has them;
+//! - [`number`]: numbers and sizes as scripts and the tools' options write them;
 //! - [`sys`]: the system calls underneath, the only place besides [`device`] allowed
 //!   `unsafe`.
 //!
@@ -27,6 +28,7 @@ pub mod abi;
 pub mod device;
 pub mod driver;
 pub mod model;
+pub mod number;
 pub mod probe;
 pub mod reset;
 pub mod script;

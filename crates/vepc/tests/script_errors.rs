@@ -2,7 +2,8 @@
 //! panic, and nothing runs.
 
 use proptest::prelude::*;
-use vepc::script::{parse, parse_size};
+use vepc::number::parse_size;
+use vepc::script::parse;
 
 #[track_caller]
 fn rejects(src: &str, line: usize, col: usize, needle: &str) {

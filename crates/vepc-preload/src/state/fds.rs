@@ -1,102 +1,62 @@
-//! Which descriptors are opens of the device, and what closing and duplicating them
-//! does to the instance behind them.
+//! Which descriptors are opens of the device.
 
+use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
-use vepc::abi::Errno;
-use vepc::device::EmulatedFile;
+use super::{OpenFile, lock};
 
-use super::{Open, Shim, lock};
+/// The program's descriptors that are opens of the device. Several may share one
+/// open (`dup`); the instance is released when the last reference goes.
+#[derive(Debug, Default)]
+pub(super) struct Descriptors {
+    table: Mutex<HashMap<c_int, Arc<OpenFile>>>,
+    marks: FdMarks,
+}
 
-impl Shim {
-    /// `open("/dev/sgx_vepc", flags)`: a new instance, before the hooks make the
-    /// descriptor for it.
-    pub fn open(&self, flags: c_int) -> Result<Arc<EmulatedFile>, Errno> {
-        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-            return Err(Errno::EEXIST);
+impl Descriptors {
+    /// `fd` is now `open`. Returns what `fd` was before, to be dropped by the caller
+    /// (outside any lock: dropping the last reference releases an instance).
+    pub(super) fn insert(&self, fd: c_int, open: Arc<OpenFile>) -> Option<Arc<OpenFile>> {
+        let mut table = lock(&self.table);
+        let old = table.insert(fd, open);
+        if old.is_none() {
+            self.marks.set(fd);
         }
-        if flags & libc::O_DIRECTORY != 0 {
-            return Err(Errno::ENOTDIR);
-        }
-        self.emulated.open(0)
-    }
-
-    /// The hooks made descriptor `fd` for `file`.
-    pub fn opened(&self, fd: c_int, file: Arc<EmulatedFile>, flags: c_int) {
-        let open = Arc::new(Open {
-            file,
-            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
-            number: OnceLock::new(),
-            first_map: OnceLock::new(),
-            remove_alls: AtomicU64::new(0),
-        });
-        self.track_fd(fd, open);
-    }
-
-    fn track_fd(&self, fd: c_int, open: Arc<Open>) {
-        let old = {
-            let mut fds = lock(&self.fds);
-            let old = fds.insert(fd, open);
-            if old.is_none() {
-                self.marks.set(fd);
-            }
-            old
-        };
-        // Outside the lock: dropping the last reference releases the instance.
-        drop(old);
+        old
     }
 
     /// The open behind `fd`, if it is one of the shim's. Every `ioctl` of the program
     /// (a vCPU's `KVM_RUN` among them) asks, so a descriptor that is not the shim's is
     /// answered from a bitmap without the lock.
-    pub fn fd(&self, fd: c_int) -> Option<Arc<Open>> {
+    pub(super) fn get(&self, fd: c_int) -> Option<Arc<OpenFile>> {
         if !self.marks.maybe(fd) {
             return None;
         }
-        lock(&self.fds).get(&fd).cloned()
+        lock(&self.table).get(&fd).cloned()
     }
 
-    /// Forgets `fd` before it is closed, so a new descriptor given the same number
-    /// meanwhile is not mistaken for it. Drop the result after the close: if it was
-    /// the last reference, that releases the instance.
-    pub fn take_fd(&self, fd: c_int) -> Option<Arc<Open>> {
+    /// Forgets `fd`, returning its open.
+    pub(super) fn take(&self, fd: c_int) -> Option<Arc<OpenFile>> {
         if !self.marks.maybe(fd) {
             return None;
         }
-        let mut fds = lock(&self.fds);
-        let old = fds.remove(&fd);
+        let mut table = lock(&self.table);
+        let old = table.remove(&fd);
         if old.is_some() {
             self.marks.clear(fd);
         }
         old
     }
 
-    /// `fd` was closed (by `dup2` onto it, or `close_range`).
-    pub fn closed(&self, fd: c_int) {
-        drop(self.take_fd(fd));
-    }
-
-    /// Every descriptor in `first..=last` was closed (`close_range`).
-    pub fn closed_range(&self, first: c_int, last: c_int) {
-        let gone: Vec<c_int> = lock(&self.fds)
+    /// The shim's descriptors in `first..=last`.
+    pub(super) fn in_range(&self, first: c_int, last: c_int) -> Vec<c_int> {
+        lock(&self.table)
             .keys()
             .copied()
             .filter(|fd| (first..=last).contains(fd))
-            .collect();
-        for fd in gone {
-            self.closed(fd);
-        }
-    }
-
-    /// `new` is a duplicate of `old` (`dup`, `dup2`, `fcntl(F_DUPFD)`).
-    pub fn duplicated(&self, old: c_int, new: c_int) {
-        match self.fd(old) {
-            Some(open) => self.track_fd(new, open),
-            // `new` was closed first if it was one of ours.
-            None => self.closed(new),
-        }
+            .collect()
     }
 }
 
@@ -105,7 +65,7 @@ impl Shim {
 /// Written only with the descriptor table's lock held, so it never says no for a
 /// descriptor the table has.
 #[derive(Debug)]
-pub(super) struct FdMarks {
+struct FdMarks {
     bits: Vec<AtomicU64>,
     high: AtomicUsize,
 }

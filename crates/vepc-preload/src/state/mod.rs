@@ -1,8 +1,11 @@
-//! The shim's process-wide state: the library's emulated device, which descriptors are
-//! opens of it, and what each intercepted call answers. The hooks ([`crate::hooks`])
-//! make the system calls; this module decides: descriptors in [`fds`], mappings in
-//! [`maps`], `ioctl` and the guest script in [`ioctl`]. Memory and first touches are
-//! the library's ([`vepc::device::Emulated`]).
+//! The shim's process-wide state, and what each intercepted call answers: one
+//! method of [`Shim`] per hook, which the hooks ([`crate::hooks`]) call after or
+//! instead of the system call. Its parts: the program's descriptors that are opens of
+//! the device (`fds`), the checks before a mapping and the log of how first touches
+//! are served (`maps`), the driver's side of `ioctl` with the guest script and
+//! injected answers (`ioctl`). Memory and first touches are the library's
+//! ([`vepc::device::Emulated`]); the VFS's own ioctls are its table
+//! ([`vepc::driver::vfs`]).
 
 mod fds;
 mod ioctl;
@@ -14,22 +17,24 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
-use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Faults, Released};
+use vepc::abi::Errno;
+use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Released};
 use vepc::driver::Device;
+use vepc::driver::vfs::{Vfs, do_vfs_ioctl};
 use vepc::model::Epc;
+use vepc::sync::unpoisoned as lock;
 
 use crate::config::{Config, FaultMode, instance_name};
-use crate::inject::Injections;
 use crate::log::Log;
-use fds::FdMarks;
-
-use vepc::sync::unpoisoned as lock;
+use fds::Descriptors;
+use ioctl::{DriverIoctls, ProgramCaller};
+use maps::FaultNotes;
 
 /// One open of the device: what the kernel calls the file. Descriptors from `dup`
 /// share it; the instance is released when the last descriptor is closed and the last
 /// mapping is gone, as the kernel's `release` runs on the file's last reference.
 #[derive(Debug)]
-pub struct Open {
+pub struct OpenFile {
     /// The emulated instance.
     pub file: Arc<EmulatedFile>,
     writable: bool,
@@ -40,7 +45,7 @@ pub struct Open {
     remove_alls: AtomicU64,
 }
 
-impl Open {
+impl OpenFile {
     /// `S0`, `S1`, … once mapped.
     pub fn name(&self) -> Option<String> {
         self.number.get().map(|&n| instance_name(n))
@@ -51,30 +56,19 @@ impl Open {
     }
 }
 
-/// A mapping the hooks are about to make for the program.
-#[derive(Debug)]
-pub struct MmapPlan {
-    /// The page offset into the instance.
-    pub pgoff: u64,
-}
-
 /// The shim.
 #[derive(Debug)]
 pub struct Shim {
     emulated: Arc<Emulated>,
-    faults_wanted: FaultMode,
-    /// How first touches were served when last logged.
-    faults_logged: Mutex<Option<Faults>>,
     /// The call log.
     pub log: Log,
-    fds: Mutex<HashMap<c_int, Arc<Open>>>,
-    marks: FdMarks,
-    named: Mutex<Vec<Weak<Open>>>,
+    descriptors: Descriptors,
+    faults: FaultNotes,
+    driver: DriverIoctls,
+    /// Instances in map order, for their names and the guest script.
+    named: Mutex<Vec<Weak<OpenFile>>>,
     /// Instance numbers (the model's) to names, for the release line.
     names: Mutex<HashMap<u64, String>>,
-    remove_alls: AtomicU64,
-    script: Mutex<Option<String>>,
-    inject: Injections,
 }
 
 static SHIM: OnceLock<Shim> = OnceLock::new();
@@ -137,16 +131,12 @@ impl Shim {
         });
         Self {
             emulated,
-            faults_wanted: config.faults,
-            faults_logged: Mutex::new(None),
             log,
-            fds: Mutex::default(),
-            marks: FdMarks::default(),
+            descriptors: Descriptors::default(),
+            faults: FaultNotes::new(config.faults),
+            driver: DriverIoctls::new(config.inject, config.script.map(|(_, text)| text)),
             named: Mutex::default(),
             names: Mutex::default(),
-            remove_alls: AtomicU64::new(0),
-            script: Mutex::new(config.script.map(|(_, text)| text)),
-            inject: config.inject,
         }
     }
 
@@ -155,14 +145,128 @@ impl Shim {
         self.emulated.model()
     }
 
-    /// The emulated device.
-    pub fn emulated(&self) -> &Arc<Emulated> {
-        &self.emulated
-    }
-
     /// Whether the device node exists on this kernel (it appeared in 5.13).
     pub fn node_exists(&self) -> bool {
         self.device().kernel().has_vepc()
+    }
+
+    /// `open("/dev/sgx_vepc", flags)`: a new instance, before the hooks make the
+    /// descriptor for it.
+    pub fn open(&self, flags: c_int) -> Result<Arc<EmulatedFile>, Errno> {
+        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
+            return Err(Errno::EEXIST);
+        }
+        if flags & libc::O_DIRECTORY != 0 {
+            return Err(Errno::ENOTDIR);
+        }
+        self.emulated.open(0)
+    }
+
+    /// The hooks made descriptor `fd` for `file`.
+    pub fn opened(&self, fd: c_int, file: Arc<EmulatedFile>, flags: c_int) {
+        let open = Arc::new(OpenFile {
+            file,
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            number: OnceLock::new(),
+            first_map: OnceLock::new(),
+            remove_alls: AtomicU64::new(0),
+        });
+        drop(self.descriptors.insert(fd, open));
+    }
+
+    /// The open behind `fd`, if it is one of the shim's (cheap for the others).
+    pub fn fd(&self, fd: c_int) -> Option<Arc<OpenFile>> {
+        self.descriptors.get(fd)
+    }
+
+    /// `close(fd)`: forgets `fd` before it is closed, so a descriptor given the same
+    /// number meanwhile is not mistaken for it. Drop the result after the close: its
+    /// last reference going releases the instance.
+    pub fn closing(&self, fd: c_int) -> Option<Arc<OpenFile>> {
+        self.descriptors.take(fd)
+    }
+
+    /// Every descriptor in `first..=last` was closed (`close_range`).
+    pub fn closed_range(&self, first: c_int, last: c_int) {
+        for fd in self.descriptors.in_range(first, last) {
+            drop(self.descriptors.take(fd));
+        }
+    }
+
+    /// `new` is a duplicate of `old` (`dup`, `dup2`, `fcntl(F_DUPFD)`); if `new` was
+    /// one of the shim's, it was closed first.
+    pub fn duplicated(&self, old: c_int, new: c_int) {
+        let replaced = match self.descriptors.get(old) {
+            Some(open) => self.descriptors.insert(new, open),
+            None => self.descriptors.take(new),
+        };
+        drop(replaced);
+    }
+
+    /// `mmap` of `open`: the checks before the mapping, in the kernel's order. The page
+    /// offset when they pass.
+    pub fn mmap_plan(
+        &self,
+        open: &OpenFile,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        off: i64,
+    ) -> Result<u64, Errno> {
+        let pgoff = maps::plan(open, len, prot, flags, off)?;
+        self.faults.prepare(&self.emulated, &self.log)?;
+        Ok(pgoff)
+    }
+
+    /// The hooks mapped `len` bytes of `open` from page `pgoff`: the instance is named
+    /// if this is its first mapping, and a change in how first touches are served is
+    /// logged.
+    pub fn mapped(&self, open: &Arc<OpenFile>, pgoff: u64, len: usize) {
+        open.first_map
+            .get_or_init(|| (pgoff, len.div_ceil(4096) as u64));
+        open.number.get_or_init(|| {
+            let mut named = lock(&self.named);
+            named.push(Arc::downgrade(open));
+            let n = named.len() - 1;
+            lock(&self.names).insert(open.file.model().vepc().id(), instance_name(n));
+            n
+        });
+        self.faults.after_mapping(&self.emulated, &self.log);
+    }
+
+    /// `[addr, addr + len)` is no longer mapped as it was (`munmap`, or a `MAP_FIXED`
+    /// mapping of something else over it).
+    pub fn unmapped(&self, addr: usize, len: usize) {
+        self.emulated.unmapped(addr, len);
+    }
+
+    /// `ioctl(fd, request, arg)` on an open of the device: the VFS's answer, or the
+    /// driver's; logged. Also says whether the answer was injected (`VEPC_INJECT`).
+    pub fn ioctl(&self, fd: c_int, open: &OpenFile, request: u64, arg: u64) -> Result<u64, Errno> {
+        // ioctl(2)'s request is an unsigned int: the upper half never reaches the VFS.
+        let req = request as u32;
+        let mut caller = ProgramCaller {
+            fd,
+            descriptors: &self.descriptors,
+        };
+        let (r, injected) = match do_vfs_ioctl(req, arg, &mut caller) {
+            Vfs::Answered(r) => (r, false),
+            Vfs::Driver => self
+                .driver
+                .answer(open, req, arg, || self.script_targets(), &self.log),
+        };
+        ioctl::log_line(&self.log, fd, open, (request, arg), r, injected);
+        r
+    }
+
+    /// The device and the program's live instances, named `S0`, `S1`, … in map order.
+    fn script_targets(&self) -> (Arc<Emulated>, Vec<(String, Arc<OpenFile>)>) {
+        let named = lock(&self.named)
+            .iter()
+            .enumerate()
+            .filter_map(|(n, w)| w.upgrade().map(|o| (instance_name(n), o)))
+            .collect();
+        (Arc::clone(&self.emulated), named)
     }
 
     /// The model released an instance: the log says so, with the EPC's counts.

@@ -21,6 +21,7 @@ use std::time::Duration;
 use super::epcm::{Entry, EpcPage, PageType};
 use super::pool::FreePool;
 use crate::abi::{EnclsError, PAGE_SIZE};
+use crate::number::{NumberError, parse_size};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, lock};
 
 /// Physical address the model gives the first EPC section (as firmware would report in
@@ -35,7 +36,7 @@ pub const MAX_EPC_PAGES: u64 = u32::MAX as u64 - 1;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EpcError {
     /// No sections were given.
-    #[error("an EPC needs at least one section")]
+    #[error("no section size given: an EPC needs at least one section")]
     NoSections,
     /// A section's size is zero or not a whole number of 4 KiB pages.
     #[error("EPC section {index} is {bytes} bytes: give a non-zero multiple of 4K")]
@@ -50,6 +51,15 @@ pub enum EpcError {
     TooLarge {
         /// Pages asked for.
         pages: u64,
+    },
+    /// A section size that is not a SIZE (docs/SCRIPT.md: bytes, with an optional
+    /// K/M/G/T suffix).
+    #[error("'{word}': {error}")]
+    NotASize {
+        /// The word as written.
+        word: String,
+        /// What is wrong with it.
+        error: NumberError,
     },
     /// The model of this EPC would not fit in this machine's memory.
     #[error(
@@ -136,6 +146,24 @@ impl Epc {
             });
         }
         Ok(total)
+    }
+
+    /// Section sizes given on their own, as `VEPC_EPC`, `vepc preload --epc` and `vepc
+    /// bench --sections` take them: SIZEs separated by spaces or commas, together an
+    /// EPC the model can hold ([`check_sizes`](Self::check_sizes)).
+    pub fn parse_sizes(value: &str) -> Result<Vec<u64>, EpcError> {
+        let sizes = value
+            .split([' ', ',', '\t'])
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                parse_size(w).map_err(|error| EpcError::NotASize {
+                    word: w.to_owned(),
+                    error,
+                })
+            })
+            .collect::<Result<Vec<u64>, _>>()?;
+        Self::check_sizes(&sizes)?;
+        Ok(sizes)
     }
 
     /// An EPC with one section per entry of `section_bytes`, every page free and

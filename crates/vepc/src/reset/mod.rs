@@ -1,7 +1,7 @@
-//! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst` (docs/SEMANTICS.md
-//! §4), written once against [`VepcInstance`], which both the real device
-//! ([`crate::real::RealInstance`]) and the model ([`crate::driver::ModelSection`])
-//! implement.
+//! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst`
+//! (docs/SEMANTICS.md §4), written once against [`VepcInstance`], which every guest
+//! section implements: [`crate::device::VepcSection`] on the host's device or the
+//! emulated one, and [`crate::driver::ModelSection`] on the model without memory.
 //!
 //! 1. Round 1: REMOVE_ALL on every instance of the guest. Children go; SECS pages
 //!    whose children live elsewhere (or later in index order) are counted.

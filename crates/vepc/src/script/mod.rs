@@ -4,10 +4,7 @@
 mod parse;
 mod run;
 
-pub use parse::{
-    Command, DEFAULT_EPC, NumberError, ParseError, Script, Step, is_name, parse, parse_attached,
-    parse_epc_sizes, parse_number, parse_size,
-};
+pub use parse::{Command, DEFAULT_EPC, ParseError, Script, Step, is_name, parse, parse_attached};
 pub use run::{Mismatch, Outcome, Report, Runner};
 
 /// Parses `src` and runs it on a fresh model, checking consistency after every step

@@ -13,6 +13,7 @@ use std::fmt;
 
 use crate::abi::{KernelVersion, PAGE_SIZE};
 use crate::model::{AddType, Epc};
+use crate::number::{parse_number, parse_size};
 
 /// A parsed, validated script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,47 +109,6 @@ pub struct ParseError {
     pub col: usize,
     /// What is wrong and what was expected.
     pub msg: String,
-}
-
-/// Why a SIZE or number is not valid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NumberError {
-    /// Not digits (with an optional `0x`, and for SIZE a K/M/G/T suffix).
-    #[error("'{0}' is not a number")]
-    NotANumber(String),
-    /// Does not fit in 64 bits.
-    #[error("'{0}' is too large (at most 2^64 - 1)")]
-    Overflow(String),
-}
-
-/// Parses a page index or ioctl number: decimal or `0x` hexadecimal.
-pub fn parse_number(s: &str) -> Result<u64, NumberError> {
-    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => (hex, 16),
-        None => (s, 10),
-    };
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return Err(NumberError::NotANumber(s.to_owned()));
-    }
-    u64::from_str_radix(digits, radix).map_err(|_| NumberError::Overflow(s.to_owned()))
-}
-
-/// Parses a SIZE: a number with an optional suffix K, M, G or T (powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, NumberError> {
-    let shift = match s.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => 10,
-        Some('M') => 20,
-        Some('G') => 30,
-        Some('T') => 40,
-        _ => 0,
-    };
-    let digits = if shift == 0 { s } else { &s[..s.len() - 1] };
-    let n = parse_number(digits).map_err(|e| match e {
-        NumberError::NotANumber(_) => NumberError::NotANumber(s.to_owned()),
-        NumberError::Overflow(_) => NumberError::Overflow(s.to_owned()),
-    })?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| NumberError::Overflow(s.to_owned()))
 }
 
 /// Whether `s` is a valid FD or enclave name: `[A-Za-z][A-Za-z0-9_]*`.
@@ -306,22 +266,6 @@ impl Scope {
         }
         Ok(name)
     }
-}
-
-/// An `epc` line's sizes given on their own, as `VEPC_EPC`, `vepc preload --epc` and
-/// `vepc bench --sections` take them: docs/SCRIPT.md SIZEs separated by spaces or commas,
-/// together an EPC the model can hold ([`Epc::check_sizes`]).
-pub fn parse_epc_sizes(value: &str) -> Result<Vec<u64>, String> {
-    let sizes = value
-        .split([' ', ',', '\t'])
-        .filter(|w| !w.is_empty())
-        .map(|w| parse_size(w).map_err(|e| format!("'{w}': {e}")))
-        .collect::<Result<Vec<u64>, String>>()?;
-    if sizes.is_empty() {
-        return Err("no section size given".into());
-    }
-    Epc::check_sizes(&sizes).map_err(|e| e.to_string())?;
-    Ok(sizes)
 }
 
 /// Parses and validates a whole script.
