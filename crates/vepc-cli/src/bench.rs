@@ -147,6 +147,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// The guest's life, phase by phase, each phase timed into `phases`.
 fn run(args: &Args) -> Result<(), String> {
     let sections =
         vepc::model::Epc::parse_sizes(&args.sections).map_err(|e| format!("--sections: {e}"))?;
@@ -175,70 +176,10 @@ fn run(args: &Args) -> Result<(), String> {
         .collect();
     let populated: u64 = want.iter().sum();
 
-    // Fault-in: every guest section on its own vCPU thread.
-    let t = Instant::now();
-    let pb = bar(populated, "fault-in");
-    std::thread::scope(|s| {
-        for (inst, &n) in guest.iter().zip(&want) {
-            let pb = &pb;
-            s.spawn(move || {
-                let map = &inst.maps[0];
-                let mut at = 0;
-                while at < n {
-                    let step = TICK.min(n - at);
-                    let _ = map.vepc().populate(at, step);
-                    at += step;
-                    pb.inc(step);
-                }
-            });
-        }
-    });
-    pb.finish_and_clear();
-    phases.push(phase("fault_in", populated, t.elapsed(), None, 0));
-
-    // The guest builds its enclaves on one vCPU. A builder thread per section was
-    // measured slower on this project's 2-vCPU machines (median build of 1 TiB: 5.45 s
-    // with two threads, 4.61 s with one, five runs each): the build is dominated by the
-    // first touch of the EPCM, and those faults do not scale there.
-    let t = Instant::now();
-    let pb = bar(populated, "build");
-    for (i, plan) in plan(&want).iter().enumerate() {
-        build(&device, &guest, i, plan, &pb);
-    }
-    pb.finish_and_clear();
-    phases.push(phase("build", populated, t.elapsed(), None, 0));
-
+    phases.push(fault_in(&guest, &want, populated));
+    phases.push(build_enclaves(&device, &guest, &want, populated));
     let model_bytes = device.heap_bytes() as u64;
-    let present: Vec<u64> = guest
-        .iter()
-        .map(|g| g.file.vepc().present_pages())
-        .collect();
-
-    let t = Instant::now();
-    let spinner = ProgressBar::new_spinner().with_message("reset");
-    spinner.enable_steady_tick(Duration::from_millis(100));
-    let opts = ResetOptions {
-        strategy: if args.parallel {
-            Strategy::Parallel
-        } else {
-            Strategy::Serial
-        },
-        ..ResetOptions::default()
-    };
-    let report = reset(&mut guest, &opts, None).map_err(|e| format!("reset: {e}"))?;
-    spinner.finish_and_clear();
-    let eremoves: u64 = report.calls.iter().map(|c| present[c.instance]).sum();
-    phases.push(phase(
-        "reset",
-        populated,
-        t.elapsed(),
-        Some(eremoves),
-        args.eremove_ns,
-    ));
-    let valid: u64 = guest.iter().map(|g| g.file.vepc().valid_pages()).sum();
-    if valid != 0 {
-        return Err(format!("{valid} pages still valid after the reset"));
-    }
+    phases.push(reset_guest(&mut guest, args, populated)?);
 
     let t = Instant::now();
     let spinner = ProgressBar::new_spinner().with_message("release");
@@ -271,6 +212,82 @@ fn run(args: &Args) -> Result<(), String> {
     };
     print(&report, args.json);
     Ok(())
+}
+
+/// Fault-in: every guest section on its own vCPU thread.
+fn fault_in(guest: &[ModelSection], want: &[u64], populated: u64) -> Phase {
+    let t = Instant::now();
+    let pb = bar(populated, "fault-in");
+    std::thread::scope(|s| {
+        for (inst, &n) in guest.iter().zip(want) {
+            let pb = &pb;
+            s.spawn(move || {
+                let map = &inst.maps[0];
+                let mut at = 0;
+                while at < n {
+                    let step = TICK.min(n - at);
+                    let _ = map.vepc().populate(at, step);
+                    at += step;
+                    pb.inc(step);
+                }
+            });
+        }
+    });
+    pb.finish_and_clear();
+    phase("fault_in", populated, t.elapsed(), None, 0)
+}
+
+/// The guest builds its enclaves on one vCPU. A builder thread per section was
+/// measured slower on this project's 2-vCPU machines (median build of 1 TiB: 5.45 s
+/// with two threads, 4.61 s with one, five runs each): the build is dominated by the
+/// first touch of the EPCM, and those faults do not scale there.
+fn build_enclaves(
+    device: &Arc<Device>,
+    guest: &[ModelSection],
+    want: &[u64],
+    populated: u64,
+) -> Phase {
+    let t = Instant::now();
+    let pb = bar(populated, "build");
+    for (i, plan) in plan(want).iter().enumerate() {
+        build(device, guest, i, plan, &pb);
+    }
+    pb.finish_and_clear();
+    phase("build", populated, t.elapsed(), None, 0)
+}
+
+/// The reset protocol over every section, then the check that nothing is left valid.
+fn reset_guest(guest: &mut [ModelSection], args: &Args, populated: u64) -> Result<Phase, String> {
+    let present: Vec<u64> = guest
+        .iter()
+        .map(|g| g.file.vepc().present_pages())
+        .collect();
+    let t = Instant::now();
+    let spinner = ProgressBar::new_spinner().with_message("reset");
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let opts = ResetOptions {
+        strategy: if args.parallel {
+            Strategy::Parallel
+        } else {
+            Strategy::Serial
+        },
+        ..ResetOptions::default()
+    };
+    let report = reset(guest, &opts, None).map_err(|e| format!("reset: {e}"))?;
+    spinner.finish_and_clear();
+    let eremoves: u64 = report.calls.iter().map(|c| present[c.instance]).sum();
+    let timed = phase(
+        "reset",
+        populated,
+        t.elapsed(),
+        Some(eremoves),
+        args.eremove_ns,
+    );
+    let valid: u64 = guest.iter().map(|g| g.file.vepc().valid_pages()).sum();
+    if valid != 0 {
+        return Err(format!("{valid} pages still valid after the reset"));
+    }
+    Ok(timed)
 }
 
 /// One enclave: where its SECS goes and which pages are its children.

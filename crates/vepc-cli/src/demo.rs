@@ -88,44 +88,73 @@ fn enclave(
     Ok((s, t))
 }
 
+/// The story, step by step: each step tells its beats and hands the next what it
+/// needs.
 fn run(story: &mut Story) -> Result<(), String> {
     let epc = Epc::new(&[64 * MIB, 64 * MIB]).map_err(|e| e.to_string())?;
     let device = Device::new(epc, KernelVersion::DEFAULT);
-    let epc = device.epc();
+    let [s0, s1] = host_and_guest_sections(&device, story)?;
+    let (vault_tcs, touched) = guest_builds_enclaves(device.epc(), &s0, &s1, story)?;
+    let Some(instances) = guest_reboots(device.epc(), [s0.inst, s1.inst], vault_tcs, story) else {
+        return Ok(());
+    };
+    every_page_uninitialized(&device, &instances, touched, story);
+    drop(instances);
+    let stats = device.stats();
+    story.tell(
+        "VMM exits",
+        format!("both instances released: {stats}"),
+        stats.used == 0 && stats.zombie == 0 && Arc::strong_count(&device) == 1,
+    );
+    Ok(())
+}
+
+/// The host's EPC, and the guest's two sections the VMM maps.
+fn host_and_guest_sections(
+    device: &Arc<Device>,
+    story: &mut Story,
+) -> Result<[Section; 2], String> {
     story.tell(
         "host",
         format!(
             "Linux {} with 2 EPC sections of 64 MiB ({} pages), modelled",
             device.kernel(),
-            epc.pages()
+            device.epc().pages()
         ),
         true,
     );
-
     let open = |name, size: u64| -> Result<Section, String> {
-        let inst = ModelSection::open(&device, size).map_err(|e| format!("{name}: {e}"))?;
+        let inst = ModelSection::open(device, size).map_err(|e| format!("{name}: {e}"))?;
         Ok(Section { name, inst })
     };
-    let s0 = open("S0", 48 * MIB)?;
-    let s1 = open("S1", 32 * MIB)?;
+    let sections = [open("S0", 48 * MIB)?, open("S1", 32 * MIB)?];
     story.tell(
         "VMM maps the guest's EPC",
         "S0: 48 MiB and S1: 32 MiB, each its own /dev/sgx_vepc instance, MAP_SHARED",
         true,
     );
+    Ok(sections)
+}
 
-    // Guest: three enclaves and some VA pages. Vault and Ledger keep their SECS above
-    // their children, so one walk in index order removes them whole. Bridge spans
-    // both sections with its SECS in S0: it must wait for its children in S1.
-    let (_, vault_tcs) = enclave(epc, (&s0, 3002), (&s0, 0), &[(&s0, 1..3002)])?;
-    enclave(epc, (&s1, 1002), (&s1, 0), &[(&s1, 1..1002)])?;
+/// The guest: three enclaves and some VA pages, and a vCPU inside one of them. Vault
+/// and Ledger keep their SECS above their children, so one walk in index order
+/// removes them whole; Bridge spans both sections with its SECS in S0: it must wait
+/// for its children in S1. Vault's TCS, and the pages touched.
+fn guest_builds_enclaves(
+    epc: &Epc,
+    s0: &Section,
+    s1: &Section,
+    story: &mut Story,
+) -> Result<(EpcPage, u64), String> {
+    let (_, vault_tcs) = enclave(epc, (s0, 3002), (s0, 0), &[(s0, 1..3002)])?;
+    enclave(epc, (s1, 1002), (s1, 0), &[(s1, 1..1002)])?;
     enclave(
         epc,
-        (&s0, 4000),
-        (&s0, 5000),
-        &[(&s0, 5001..6001), (&s1, 2000..3000)],
+        (s0, 4000),
+        (s0, 5000),
+        &[(s0, 5001..6001), (s1, 2000..3000)],
     )?;
-    for (sec, range) in [(&s0, 8000..8016), (&s1, 6000..6016)] {
+    for (sec, range) in [(s0, 8000..8016), (s1, 6000..6016)] {
         for i in range {
             epc.epa(sec.page(i)?).map_err(|e| format!("EPA: {e}"))?;
         }
@@ -139,13 +168,20 @@ fn run(story: &mut Story) -> Result<(), String> {
         ),
         true,
     );
-
     epc.eenter(vault_tcs).map_err(|e| format!("EENTER: {e}"))?;
     story.tell("vCPU 0 enters Vault", "a thread is inside an enclave", true);
+    Ok((vault_tcs, touched))
+}
 
-    // The reboot: the VMM resets the EPC, with a quiesce hook that stops vCPU 0 when
-    // REMOVE_ALL answers EBUSY. The report shows every call.
-    let mut instances = [s0.inst, s1.inst];
+/// The reboot: the VMM resets the EPC, with a quiesce hook that stops vCPU 0 when
+/// REMOVE_ALL answers EBUSY. The report shows every call. The sections, unless the
+/// reset failed.
+fn guest_reboots(
+    epc: &Epc,
+    mut instances: [ModelSection; 2],
+    vault_tcs: EpcPage,
+    story: &mut Story,
+) -> Option<[ModelSection; 2]> {
     let mut stopped = Vec::new();
     let mut stop_vcpus = |instance: usize| -> Result<(), String> {
         epc.eexit(vault_tcs).map_err(|e| format!("EEXIT: {e}"))?;
@@ -165,7 +201,7 @@ fn run(story: &mut Story) -> Result<(), String> {
                 failed.to_string(),
                 false,
             );
-            return Ok(());
+            return None;
         }
     };
     let names = ["S0", "S1"];
@@ -195,24 +231,27 @@ fn run(story: &mut Story) -> Result<(), String> {
         format!("{} (the reset took {:?})", rest.join(", "), report.elapsed),
         rest == expected,
     );
-    let [s0, s1] = instances;
-    let files = [s0.file.clone(), s1.file.clone()];
+    Some(instances)
+}
 
-    let mut valid = 0u64;
-    let mut total = 0u64;
-    for f in &files {
-        for (_, p) in f.vepc().pages() {
-            total += 1;
-            valid += u64::from(epc.entry(p).valid());
-        }
-    }
+/// After the reset: every page the guest touched is still its own, and uninitialized.
+fn every_page_uninitialized(
+    device: &Device,
+    instances: &[ModelSection],
+    touched: u64,
+    story: &mut Story,
+) {
+    let valid: u64 = instances.iter().map(|i| i.file.vepc().valid_pages()).sum();
+    let total: u64 = instances
+        .iter()
+        .map(|i| i.file.vepc().present_pages())
+        .sum();
     let stats = device.stats();
     let consistent = device.check();
     story.tell(
         "every guest page is uninitialized again",
         format!(
-            "{} of {total} pages valid; the guest keeps its pages ({stats}); consistency check: {}",
-            valid,
+            "{valid} of {total} pages valid; the guest keeps its pages ({stats}); consistency check: {}",
             match &consistent {
                 Ok(()) => "ok".to_string(),
                 Err(e) => e.to_string(),
@@ -220,15 +259,6 @@ fn run(story: &mut Story) -> Result<(), String> {
         ),
         valid == 0 && total == touched && stats.used == touched && consistent.is_ok(),
     );
-
-    drop((s0, s1, files));
-    let stats = device.stats();
-    story.tell(
-        "VMM exits",
-        format!("both instances released: {stats}"),
-        stats.used == 0 && stats.zombie == 0 && Arc::strong_count(&device) == 1,
-    );
-    Ok(())
 }
 
 pub fn main(args: &Args) -> ExitCode {

@@ -73,25 +73,42 @@ pub fn main(args: &Args) -> ExitCode {
         "bugs"
     };
     if args.json {
-        let cases: Vec<serde_json::Value> = outcomes
-            .iter()
-            .map(|o| {
-                let mut v = serde_json::to_value(&o.verdict).unwrap_or_default();
-                v["name"] = o.case.name.into();
-                v["title"] = o.case.title.into();
-                v
-            })
-            .collect();
-        out(&serde_json::json!({
-            "qemu": qemu.display().to_string(),
-            "version": version,
-            "accel": run::accel(),
-            "status": status,
-            "bugs": outcomes.iter().filter_map(|o| o.verdict.bug_shown()).collect::<Vec<_>>(),
-            "cases": cases,
+        print_json(&qemu, &version, status, &outcomes);
+    } else {
+        print_summary(&outcomes, &bugs, errors);
+    }
+    ExitCode::from(match status {
+        "pass" => 0,
+        "bugs" => 1,
+        _ => 2,
+    })
+}
+
+/// One JSON object: the QEMU, the overall status, the bugs, every case's verdict.
+fn print_json(qemu: &std::path::Path, version: &str, status: &str, outcomes: &[Outcome]) {
+    let cases: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            let mut v = serde_json::to_value(&o.verdict).unwrap_or_default();
+            v["name"] = o.case.name.into();
+            v["title"] = o.case.title.into();
+            v
         })
-        .to_string());
-    } else if errors > 0 {
+        .collect();
+    out(&serde_json::json!({
+        "qemu": qemu.display().to_string(),
+        "version": version,
+        "accel": run::accel(),
+        "status": status,
+        "bugs": outcomes.iter().filter_map(|o| o.verdict.bug_shown()).collect::<Vec<_>>(),
+        "cases": cases,
+    })
+    .to_string());
+}
+
+/// The report's last line.
+fn print_summary(outcomes: &[Outcome], bugs: &[&str], errors: usize) {
+    if errors > 0 {
         out(&format!("{errors} case(s) could not run"));
     } else if bugs.is_empty() {
         out(&format!("all {} cases pass", outcomes.len()));
@@ -103,11 +120,6 @@ pub fn main(args: &Args) -> ExitCode {
             bugs.join(", ")
         ));
     }
-    ExitCode::from(match status {
-        "pass" => 0,
-        "bugs" => 1,
-        _ => 2,
-    })
 }
 
 fn print_outcome(o: &Outcome) {

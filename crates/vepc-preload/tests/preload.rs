@@ -103,239 +103,262 @@ fn catch_sigbus() {
 }
 
 fn child(name: &str) {
-    match name {
-        "node" => {
-            // SAFETY: stat into a zeroed struct; access with a C string.
-            unsafe {
-                let mut st: libc::stat = std::mem::zeroed();
-                show("stat", i64::from(libc::stat(PATH.as_ptr(), &mut st)));
-                println!("chr={}", st.st_mode & libc::S_IFMT == libc::S_IFCHR);
-                println!(
-                    "rdev={}:{}",
-                    libc::major(st.st_rdev),
-                    libc::minor(st.st_rdev)
-                );
-                println!("mode={:o}", st.st_mode & 0o777);
-                show(
-                    "access_rw",
-                    i64::from(libc::access(PATH.as_ptr(), libc::R_OK | libc::W_OK)),
-                );
-                show(
-                    "access_x",
-                    i64::from(libc::access(PATH.as_ptr(), libc::X_OK)),
-                );
-                let fd = open_vepc(libc::O_RDWR | libc::O_CLOEXEC);
-                show("open", i64::from(fd));
-                let mut fst: libc::stat = std::mem::zeroed();
-                show("fstat", i64::from(libc::fstat(fd, &mut fst)));
-                println!("fstat_chr={}", fst.st_mode & libc::S_IFMT == libc::S_IFCHR);
-                show(
-                    "fd_cloexec",
-                    i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
-                );
-                show(
-                    "excl",
-                    i64::from(open_vepc(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)),
-                );
-                show(
-                    "dir",
-                    i64::from(open_vepc(libc::O_RDONLY | libc::O_DIRECTORY)),
-                );
-            }
-            // std's metadata goes through statx.
-            let m = std::fs::metadata("/dev/sgx_vepc");
-            println!(
-                "std_chr={}",
-                m.map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
-                    .unwrap_or(false)
-            );
+    let scenarios: &[(&str, fn())] = &[
+        ("node", child_node),
+        ("mmap", child_mmap),
+        ("sigbus", child_sigbus),
+        ("populate", child_populate),
+        ("release", child_release),
+        ("script", child_script),
+        ("kernel", child_kernel),
+        ("threads", child_threads),
+        ("vfs", child_vfs),
+        ("passthrough", child_passthrough),
+    ];
+    match scenarios.iter().find(|(n, _)| *n == name) {
+        Some((_, scenario)) => scenario(),
+        None => panic!("no child scenario {name}"),
+    }
+}
+
+fn child_node() {
+    // SAFETY: stat into a zeroed struct; access with a C string.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        show("stat", i64::from(libc::stat(PATH.as_ptr(), &mut st)));
+        println!("chr={}", st.st_mode & libc::S_IFMT == libc::S_IFCHR);
+        println!(
+            "rdev={}:{}",
+            libc::major(st.st_rdev),
+            libc::minor(st.st_rdev)
+        );
+        println!("mode={:o}", st.st_mode & 0o777);
+        show(
+            "access_rw",
+            i64::from(libc::access(PATH.as_ptr(), libc::R_OK | libc::W_OK)),
+        );
+        show(
+            "access_x",
+            i64::from(libc::access(PATH.as_ptr(), libc::X_OK)),
+        );
+        let fd = open_vepc(libc::O_RDWR | libc::O_CLOEXEC);
+        show("open", i64::from(fd));
+        let mut fst: libc::stat = std::mem::zeroed();
+        show("fstat", i64::from(libc::fstat(fd, &mut fst)));
+        println!("fstat_chr={}", fst.st_mode & libc::S_IFMT == libc::S_IFCHR);
+        show(
+            "fd_cloexec",
+            i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
+        );
+        show(
+            "excl",
+            i64::from(open_vepc(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL)),
+        );
+        show(
+            "dir",
+            i64::from(open_vepc(libc::O_RDONLY | libc::O_DIRECTORY)),
+        );
+    }
+    // std's metadata goes through statx.
+    let m = std::fs::metadata("/dev/sgx_vepc");
+    println!(
+        "std_chr={}",
+        m.map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+            .unwrap_or(false)
+    );
+}
+
+fn child_mmap() {
+    let fd = open_vepc(libc::O_RDWR);
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    show_map("private", map(fd, 4, rw, libc::MAP_PRIVATE, 0));
+    // SAFETY: a zero-length mapping request fails before anything is mapped.
+    let zero = unsafe { libc::mmap(std::ptr::null_mut(), 0, rw, libc::MAP_SHARED, fd, 0) };
+    show("len0", if zero == libc::MAP_FAILED { -1 } else { 0 });
+    show_map("unaligned", map(fd, 4, rw, libc::MAP_SHARED, 100));
+    let ro = open_vepc(libc::O_RDONLY);
+    show_map("ro_write", map(ro, 4, rw, libc::MAP_SHARED, 0));
+    println!(
+        "ro_read={}",
+        !map(ro, 4, libc::PROT_READ, libc::MAP_SHARED, 0).is_null()
+    );
+    let p = rw_shared(fd, 16);
+    for page in [0, 5, 15] {
+        touch(p, page);
+    }
+    // A second mapping of the same pages is the same memory, with no new fault.
+    // SAFETY: page 0 of both mappings is mapped and was written above.
+    unsafe { p.write_volatile(0xAB) };
+    let q = rw_shared(fd, 2);
+    // SAFETY: as above.
+    println!("shared_byte={:#x}", unsafe { q.read_volatile() });
+    show("remove_all", remove_all(fd, 0));
+    show("remove_all_arg", remove_all(fd, 1));
+    // SAFETY: integer-argument ioctls.
+    unsafe {
+        show("unknown", i64::from(libc::ioctl(fd, 0xa405, 0)));
+        show("fioclex", i64::from(libc::ioctl(fd, libc::FIOCLEX)));
+        show(
+            "cloexec",
+            i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
+        );
+        show("fionclex", i64::from(libc::ioctl(fd, libc::FIONCLEX)));
+        show(
+            "cloexec_after",
+            i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
+        );
+    }
+}
+
+fn child_sigbus() {
+    catch_sigbus();
+    let fd = open_vepc(libc::O_RDWR);
+    let p = rw_shared(fd, 32);
+    println!("base={:#x}", p as usize);
+    for page in 0..16 {
+        touch(p, page);
+    }
+    println!("touched=16");
+    touch(p, 16);
+    println!("touched=17");
+}
+
+fn child_populate() {
+    let fd = open_vepc(libc::O_RDWR);
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let p = map(fd, 8, rw, libc::MAP_SHARED | libc::MAP_POPULATE, 0);
+    println!("mapped={}", !p.is_null());
+    show("remove_all", remove_all(fd, 0));
+    // More than the EPC holds: the mapping still succeeds, as a failed
+    // MAP_POPULATE does not fail mmap.
+    let fd2 = open_vepc(libc::O_RDWR);
+    let q = map(fd2, 32, rw, libc::MAP_SHARED | libc::MAP_POPULATE, 0);
+    println!("mapped_more={}", !q.is_null());
+    show("remove_all_more", remove_all(fd2, 0));
+}
+
+fn child_release() {
+    let fd = open_vepc(libc::O_RDWR);
+    let p = rw_shared(fd, 4);
+    touch(p, 0);
+    touch(p, 3);
+    // SAFETY: descriptor calls on our own descriptors.
+    unsafe {
+        let copy = libc::dup(fd);
+        show("close", i64::from(libc::close(fd)));
+        // The copy is the same open file.
+        show("remove_all_on_dup", remove_all(copy, 0));
+        show("close_dup", i64::from(libc::close(copy)));
+        // The mapping still holds the instance: unmapping the middle keeps it,
+        // unmapping the rest releases it.
+        show(
+            "munmap_middle",
+            i64::from(libc::munmap(p.add(PAGE).cast(), 2 * PAGE)),
+        );
+        println!("still_there={}", p.read_volatile());
+        show("munmap_first", i64::from(libc::munmap(p.cast(), PAGE)));
+        println!("before_last_munmap");
+        show(
+            "munmap_last",
+            i64::from(libc::munmap(p.add(3 * PAGE).cast(), PAGE)),
+        );
+    }
+}
+
+fn child_script() {
+    let a = open_vepc(libc::O_RDWR);
+    let b = open_vepc(libc::O_RDWR);
+    rw_shared(a, 8);
+    rw_shared(b, 8);
+    show("s0", remove_all(a, 0));
+    show("s1", remove_all(b, 0));
+    show("s0_again", remove_all(a, 0));
+}
+
+fn child_kernel() {
+    let fd = open_vepc(libc::O_RDWR);
+    show("open", i64::from(fd));
+    // SAFETY: stat into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    show(
+        "stat",
+        i64::from(unsafe { libc::stat(PATH.as_ptr(), &mut st) }),
+    );
+    if fd >= 0 {
+        show("remove_all", remove_all(fd, 0));
+    }
+}
+
+fn child_threads() {
+    let fd = open_vepc(libc::O_RDWR);
+    let p = rw_shared(fd, 256) as usize;
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for page in (t..256).step_by(4) {
+                    touch(p as *mut u8, page);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    show("remove_all", remove_all(fd, 0));
+}
+
+fn child_vfs() {
+    // Every request do_vfs_ioctl() handles, on the shim's /dev/sgx_vepc and on
+    // /dev/null, a devtmpfs character device without ioctls of its own, which
+    // the kernel answers exactly as it would /dev/sgx_vepc: with a NULL
+    // argument, a pointer to 0 and a pointer to 1. Descriptor 0 is closed, so
+    // no argument names an open file by chance.
+    let vepc = open_vepc(libc::O_RDWR);
+    // SAFETY: a C string; then closing our own stdin.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+    // SAFETY: as above.
+    unsafe { libc::close(0) };
+    if std::env::var_os("VFS_UNPRIVILEGED").is_some() {
+        // SAFETY: dropping to nobody; both calls only change our credentials.
+        unsafe {
+            libc::setgid(65534);
+            libc::setuid(65534);
         }
-        "mmap" => {
-            let fd = open_vepc(libc::O_RDWR);
-            let rw = libc::PROT_READ | libc::PROT_WRITE;
-            show_map("private", map(fd, 4, rw, libc::MAP_PRIVATE, 0));
-            // SAFETY: a zero-length mapping request fails before anything is mapped.
-            let zero = unsafe { libc::mmap(std::ptr::null_mut(), 0, rw, libc::MAP_SHARED, fd, 0) };
-            show("len0", if zero == libc::MAP_FAILED { -1 } else { 0 });
-            show_map("unaligned", map(fd, 4, rw, libc::MAP_SHARED, 100));
-            let ro = open_vepc(libc::O_RDONLY);
-            show_map("ro_write", map(ro, 4, rw, libc::MAP_SHARED, 0));
-            println!(
-                "ro_read={}",
-                !map(ro, 4, libc::PROT_READ, libc::MAP_SHARED, 0).is_null()
-            );
-            let p = rw_shared(fd, 16);
-            for page in [0, 5, 15] {
-                touch(p, page);
-            }
-            // A second mapping of the same pages is the same memory, with no new fault.
-            // SAFETY: page 0 of both mappings is mapped and was written above.
-            unsafe { p.write_volatile(0xAB) };
-            let q = rw_shared(fd, 2);
-            // SAFETY: as above.
-            println!("shared_byte={:#x}", unsafe { q.read_volatile() });
-            show("remove_all", remove_all(fd, 0));
-            show("remove_all_arg", remove_all(fd, 1));
-            // SAFETY: integer-argument ioctls.
-            unsafe {
-                show("unknown", i64::from(libc::ioctl(fd, 0xa405, 0)));
-                show("fioclex", i64::from(libc::ioctl(fd, libc::FIOCLEX)));
-                show(
-                    "cloexec",
-                    i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
-                );
-                show("fionclex", i64::from(libc::ioctl(fd, libc::FIONCLEX)));
-                show(
-                    "cloexec_after",
-                    i64::from(libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC),
-                );
-            }
-        }
-        "sigbus" => {
-            catch_sigbus();
-            let fd = open_vepc(libc::O_RDWR);
-            let p = rw_shared(fd, 32);
-            println!("base={:#x}", p as usize);
-            for page in 0..16 {
-                touch(p, page);
-            }
-            println!("touched=16");
-            touch(p, 16);
-            println!("touched=17");
-        }
-        "populate" => {
-            let fd = open_vepc(libc::O_RDWR);
-            let rw = libc::PROT_READ | libc::PROT_WRITE;
-            let p = map(fd, 8, rw, libc::MAP_SHARED | libc::MAP_POPULATE, 0);
-            println!("mapped={}", !p.is_null());
-            show("remove_all", remove_all(fd, 0));
-            // More than the EPC holds: the mapping still succeeds, as a failed
-            // MAP_POPULATE does not fail mmap.
-            let fd2 = open_vepc(libc::O_RDWR);
-            let q = map(fd2, 32, rw, libc::MAP_SHARED | libc::MAP_POPULATE, 0);
-            println!("mapped_more={}", !q.is_null());
-            show("remove_all_more", remove_all(fd2, 0));
-        }
-        "release" => {
-            let fd = open_vepc(libc::O_RDWR);
-            let p = rw_shared(fd, 4);
-            touch(p, 0);
-            touch(p, 3);
-            // SAFETY: descriptor calls on our own descriptors.
-            unsafe {
-                let copy = libc::dup(fd);
-                show("close", i64::from(libc::close(fd)));
-                // The copy is the same open file.
-                show("remove_all_on_dup", remove_all(copy, 0));
-                show("close_dup", i64::from(libc::close(copy)));
-                // The mapping still holds the instance: unmapping the middle keeps it,
-                // unmapping the rest releases it.
-                show(
-                    "munmap_middle",
-                    i64::from(libc::munmap(p.add(PAGE).cast(), 2 * PAGE)),
-                );
-                println!("still_there={}", p.read_volatile());
-                show("munmap_first", i64::from(libc::munmap(p.cast(), PAGE)));
-                println!("before_last_munmap");
-                show(
-                    "munmap_last",
-                    i64::from(libc::munmap(p.add(3 * PAGE).cast(), PAGE)),
-                );
-            }
-        }
-        "script" => {
-            let a = open_vepc(libc::O_RDWR);
-            let b = open_vepc(libc::O_RDWR);
-            rw_shared(a, 8);
-            rw_shared(b, 8);
-            show("s0", remove_all(a, 0));
-            show("s1", remove_all(b, 0));
-            show("s0_again", remove_all(a, 0));
-        }
-        "kernel" => {
-            let fd = open_vepc(libc::O_RDWR);
-            show("open", i64::from(fd));
-            // SAFETY: stat into a zeroed struct.
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: as above.
-            show(
-                "stat",
-                i64::from(unsafe { libc::stat(PATH.as_ptr(), &mut st) }),
-            );
-            if fd >= 0 {
-                show("remove_all", remove_all(fd, 0));
-            }
-        }
-        "threads" => {
-            let fd = open_vepc(libc::O_RDWR);
-            let p = rw_shared(fd, 256) as usize;
-            let workers: Vec<_> = (0..4)
-                .map(|t| {
-                    std::thread::spawn(move || {
-                        for page in (t..256).step_by(4) {
-                            touch(p as *mut u8, page);
+    }
+    let mut buf = vec![0u8; 4096];
+    for (name, req) in vepc::driver::vfs::VFS_REQUESTS {
+        for (how, value) in [("null", None), ("zero", Some(0i32)), ("one", Some(1))] {
+            let answers: Vec<String> = [vepc, null]
+                .iter()
+                .map(|&fd| {
+                    buf.fill(0);
+                    let arg = match value {
+                        None => 0,
+                        Some(v) => {
+                            buf[..4].copy_from_slice(&v.to_ne_bytes());
+                            buf.as_mut_ptr() as libc::c_ulong
                         }
-                    })
+                    };
+                    // SAFETY: the argument is NULL or a 4 KiB buffer of ours.
+                    let r = unsafe { libc::ioctl(fd, libc::c_ulong::from(req), arg) };
+                    if r < 0 { errno() } else { r.to_string() }
                 })
                 .collect();
-            for w in workers {
-                let _ = w.join();
-            }
-            show("remove_all", remove_all(fd, 0));
+            println!("{name}.{how}={} {}", answers[0], answers[1]);
         }
-        "vfs" => {
-            // Every request do_vfs_ioctl() handles, on the shim's /dev/sgx_vepc and on
-            // /dev/null, a devtmpfs character device without ioctls of its own, which
-            // the kernel answers exactly as it would /dev/sgx_vepc: with a NULL
-            // argument, a pointer to 0 and a pointer to 1. Descriptor 0 is closed, so
-            // no argument names an open file by chance.
-            let vepc = open_vepc(libc::O_RDWR);
-            // SAFETY: a C string; then closing our own stdin.
-            let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-            // SAFETY: as above.
-            unsafe { libc::close(0) };
-            if std::env::var_os("VFS_UNPRIVILEGED").is_some() {
-                // SAFETY: dropping to nobody; both calls only change our credentials.
-                unsafe {
-                    libc::setgid(65534);
-                    libc::setuid(65534);
-                }
-            }
-            let mut buf = vec![0u8; 4096];
-            for (name, req) in vepc::driver::vfs::VFS_REQUESTS {
-                for (how, value) in [("null", None), ("zero", Some(0i32)), ("one", Some(1))] {
-                    let answers: Vec<String> = [vepc, null]
-                        .iter()
-                        .map(|&fd| {
-                            buf.fill(0);
-                            let arg = match value {
-                                None => 0,
-                                Some(v) => {
-                                    buf[..4].copy_from_slice(&v.to_ne_bytes());
-                                    buf.as_mut_ptr() as libc::c_ulong
-                                }
-                            };
-                            // SAFETY: the argument is NULL or a 4 KiB buffer of ours.
-                            let r = unsafe { libc::ioctl(fd, libc::c_ulong::from(req), arg) };
-                            if r < 0 { errno() } else { r.to_string() }
-                        })
-                        .collect();
-                    println!("{name}.{how}={} {}", answers[0], answers[1]);
-                }
-            }
-        }
-        "passthrough" => {
-            let dir = std::env::temp_dir().join(format!("vepc-pass-{}", std::process::id()));
-            std::fs::write(&dir, b"hello").expect("write a file through the shim");
-            let text = std::fs::read_to_string(&dir).expect("read it back");
-            let _ = std::fs::remove_file(&dir);
-            println!("file={text}");
-            // SAFETY: an ioctl on stdin's descriptor number: not the shim's.
-            let r = unsafe { libc::ioctl(0, REMOVE_ALL, 0) };
-            show("ioctl_other", i64::from(r));
-        }
-        other => panic!("no child scenario {other}"),
     }
+}
+
+fn child_passthrough() {
+    let dir = std::env::temp_dir().join(format!("vepc-pass-{}", std::process::id()));
+    std::fs::write(&dir, b"hello").expect("write a file through the shim");
+    let text = std::fs::read_to_string(&dir).expect("read it back");
+    let _ = std::fs::remove_file(&dir);
+    println!("file={text}");
+    // SAFETY: an ioctl on stdin's descriptor number: not the shim's.
+    let r = unsafe { libc::ioctl(0, REMOVE_ALL, 0) };
+    show("ioctl_other", i64::from(r));
 }
 
 // ---- the parent half ----------------------------------------------------------------

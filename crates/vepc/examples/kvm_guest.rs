@@ -180,31 +180,7 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
     let touched = [pages(&sections[0]).0, pages(&sections[1]).0];
     show("after the guest ran", &sections);
 
-    // The guest's enclaves, built on the model in its place: SECS in section 0, a TCS
-    // and a REG page in section 1 (if the guest got that far); a second enclave and a
-    // VA page within section 0.
-    let epc = emulated.model().epc();
-    let page = |s: &VepcSection, i: u64| {
-        s.fd()
-            .model()
-            .and_then(|f| f.vepc().page(i))
-            .ok_or(format!("page {i} was not touched"))
-    };
-    if touched[1] >= 2 {
-        let secs = page(&sections[0], 0)?;
-        epc.ecreate(secs).map_err(|e| format!("ECREATE: {e}"))?;
-        epc.eadd(page(&sections[1], 0)?, secs, AddType::Tcs)
-            .map_err(|e| format!("EADD: {e}"))?;
-        epc.eadd(page(&sections[1], 1)?, secs, AddType::Reg)
-            .map_err(|e| format!("EADD: {e}"))?;
-        epc.einit(secs).map_err(|e| format!("EINIT: {e}"))?;
-    }
-    let local = page(&sections[0], 1)?;
-    epc.ecreate(local).map_err(|e| format!("ECREATE: {e}"))?;
-    epc.eadd(page(&sections[0], 2)?, local, AddType::Tcs)
-        .map_err(|e| format!("EADD: {e}"))?;
-    epc.epa(page(&sections[0], 3)?)
-        .map_err(|e| format!("EPA: {e}"))?;
+    build_enclaves(emulated.model().epc(), &sections, touched)?;
     show("with the guest's enclaves", &sections);
 
     // The guest reboots. The vCPU is stopped already (it halted, or its run failed);
@@ -227,6 +203,35 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
         seen_as: exhausted.map(|(_, how)| how),
         valid_after: [pages(&sections[0]).1, pages(&sections[1]).1],
     })
+}
+
+/// The guest's enclaves, built on the model in its place: SECS in section 0, a TCS
+/// and a REG page in section 1 (if the guest got that far); a second enclave and a VA
+/// page within section 0.
+fn build_enclaves(epc: &Epc, sections: &[VepcSection], touched: [u64; 2]) -> Result<(), String> {
+    let page = |s: &VepcSection, i: u64| {
+        s.fd()
+            .model()
+            .and_then(|f| f.vepc().page(i))
+            .ok_or(format!("page {i} was not touched"))
+    };
+    if touched[1] >= 2 {
+        let secs = page(&sections[0], 0)?;
+        epc.ecreate(secs).map_err(|e| format!("ECREATE: {e}"))?;
+        epc.eadd(page(&sections[1], 0)?, secs, AddType::Tcs)
+            .map_err(|e| format!("EADD: {e}"))?;
+        epc.eadd(page(&sections[1], 1)?, secs, AddType::Reg)
+            .map_err(|e| format!("EADD: {e}"))?;
+        epc.einit(secs).map_err(|e| format!("EINIT: {e}"))?;
+    }
+    let local = page(&sections[0], 1)?;
+    epc.ecreate(local).map_err(|e| format!("ECREATE: {e}"))?;
+    epc.eadd(page(&sections[0], 2)?, local, AddType::Tcs)
+        .map_err(|e| format!("EADD: {e}"))?;
+    epc.epa(page(&sections[0], 3)?)
+        .map_err(|e| format!("EPA: {e}"))?;
+
+    Ok(())
 }
 
 fn pages(s: &VepcSection) -> (u64, u64) {

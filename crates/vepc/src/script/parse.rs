@@ -312,161 +312,47 @@ pub fn parse_attached(src: &str, fds: &[&str]) -> Result<Script, ParseError> {
     Ok(Script { epc, kernel, steps })
 }
 
+/// A command and how many of the line's words it used.
+type Parsed = Result<(Command, usize), ParseError>;
+
+const PAGE_WHAT: &str = "a PAGE (a page index into the mapping)";
+
 fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command, ParseError> {
-    let fd = |i| scope.fd(l, i);
-    let encl = |i| scope.encl(l, i);
-    let page = |i| l.number(i, "a PAGE (a page index into the mapping)");
     let (cmd, used) = match first.text {
-        "epc" => {
-            if scope.commands > 0 || scope.has_epc {
-                return Err(l.err(first.col, "`epc` must come before any other command"));
-            }
-            let mut sizes = vec![l.size(1)?];
-            for j in 2..l.words.len() {
-                sizes.push(l.size(j)?);
-            }
-            for (j, &s) in sizes.iter().enumerate() {
-                if s == 0 || !s.is_multiple_of(PAGE_SIZE) {
-                    return Err(l.err(
-                        l.words[j + 1].col,
-                        format!("an EPC section must be a non-zero multiple of 4K, not {s} bytes"),
-                    ));
-                }
-            }
-            if let Err(e) = Epc::check_sizes(&sizes) {
-                return Err(l.err(first.col, e.to_string()));
-            }
-            scope.has_epc = true;
-            (Command::Epc(sizes), l.words.len())
-        }
-        "kernel" => {
-            if scope.opened {
-                return Err(l.err(first.col, "`kernel` must come before the first `open`"));
-            }
-            let w = l.word(1, "a VERSION such as 5.15 or 6.18")?;
-            let v = KernelVersion::parse(w.text).ok_or_else(|| {
-                l.err(
-                    w.col,
-                    format!("expected a VERSION such as 5.15, found '{}'", w.text),
-                )
-            })?;
-            (Command::Kernel(v), 2)
-        }
+        "epc" => epc_line(l, scope, first)?,
+        "kernel" => kernel_line(l, scope, first)?,
         "open" => {
             let name = l.name(1, "an FD name")?;
             scope.fds.insert(name.clone());
             scope.opened = true;
             (Command::Open(name), 2)
         }
-        "mmap" => {
-            let (fd, size) = (fd(1)?, l.size(2)?);
-            let private = match l.words.get(3) {
-                None => false,
-                Some(w) if w.text == "private" => true,
-                Some(w) => {
-                    return Err(l.err(
-                        w.col,
-                        format!("expected `private` or nothing, found '{}'", w.text),
-                    ));
-                }
-            };
-            (
-                Command::Mmap { fd, size, private },
-                3 + usize::from(private),
-            )
-        }
-        "touch" => (
-            Command::Touch {
-                fd: fd(1)?,
-                page: page(2)?,
-            },
-            3,
-        ),
+        "mmap" => mmap_line(l, scope)?,
+        "touch" | "epa" | "eremove" => fd_page_line(l, scope, first.text)?,
         "ecreate" => {
-            let (fd, page) = (fd(1)?, page(2)?);
+            let (fd, page) = (scope.fd(l, 1)?, l.number(2, PAGE_WHAT)?);
             let encl = l.name(3, "an enclave name")?;
             scope.enclaves.insert(encl.clone());
             (Command::Ecreate { fd, page, encl }, 4)
         }
-        "eadd" => {
-            let (fd, page, encl) = (fd(1)?, page(2)?, encl(3)?);
-            let w = l.word(4, "`reg` or `tcs`")?;
-            let ty = match w.text {
-                "reg" => AddType::Reg,
-                "tcs" => AddType::Tcs,
-                other => {
-                    return Err(l.err(w.col, format!("expected `reg` or `tcs`, found '{other}'")));
-                }
-            };
-            (Command::Eadd { fd, page, encl, ty }, 5)
-        }
-        "epa" => (
-            Command::Epa {
-                fd: fd(1)?,
-                page: page(2)?,
+        "eadd" => eadd_line(l, scope)?,
+        "einit" => (
+            Command::Einit {
+                encl: scope.encl(l, 1)?,
             },
-            3,
+            2,
         ),
-        "einit" => (Command::Einit { encl: encl(1)? }, 2),
-        "eenter" => (
-            Command::Eenter {
-                encl: encl(1)?,
-                fd: fd(2)?,
-                page: page(3)?,
-            },
-            4,
-        ),
-        "eexit" => (
-            Command::Eexit {
-                encl: encl(1)?,
-                fd: fd(2)?,
-                page: page(3)?,
-            },
-            4,
-        ),
-        "eremove" => (
-            Command::Eremove {
-                fd: fd(1)?,
-                page: page(2)?,
-            },
-            3,
-        ),
-        "ioctl" => {
-            let fd = fd(1)?;
-            let w = l.word(2, "a request (`remove-all` or a number)")?;
-            let request = if w.text == "remove-all" {
-                u64::from(crate::abi::SGX_IOC_VEPC_REMOVE_ALL)
-            } else {
-                l.number(2, "a request (`remove-all` or a number)")?
-            };
-            let arg = if l.words.len() > 3 {
-                l.number(3, "an ARG number")?
-            } else {
-                0
-            };
-            (Command::Ioctl { fd, request, arg }, 4)
-        }
-        "close" => (Command::Close(fd(1)?), 2),
+        "eenter" | "eexit" => thread_line(l, scope, first.text)?,
+        "ioctl" => ioctl_line(l, scope)?,
+        "close" => (Command::Close(scope.fd(l, 1)?), 2),
         "reset" => {
-            let mut fds = vec![fd(1)?];
-            for j in 2..l.words.len() {
-                fds.push(fd(j)?);
-            }
+            let fds = (1..l.words.len().max(2))
+                .map(|j| scope.fd(l, j))
+                .collect::<Result<Vec<_>, _>>()?;
             (Command::Reset(fds), l.words.len())
         }
         "stats" => (Command::Stats, 1),
-        "expect" => {
-            if scope.commands == 0 {
-                return Err(l.err(first.col, "`expect` needs a command before it"));
-            }
-            l.word(1, "the expected RESULT")?;
-            let text = l.words[1..]
-                .iter()
-                .map(|w| w.text)
-                .collect::<Vec<_>>()
-                .join(" ");
-            (Command::Expect(text), l.words.len())
-        }
+        "expect" => expect_line(l, scope, first)?,
         other => {
             return Err(l.err(
                 first.col,
@@ -476,6 +362,131 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
     };
     l.no_more(used)?;
     Ok(cmd)
+}
+
+/// `epc SIZE [SIZE ...]`: only first, each size a non-zero multiple of 4K, together an
+/// EPC the model can hold.
+fn epc_line(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Parsed {
+    if scope.commands > 0 || scope.has_epc {
+        return Err(l.err(first.col, "`epc` must come before any other command"));
+    }
+    let sizes = (1..l.words.len().max(2))
+        .map(|j| l.size(j))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (j, &s) in sizes.iter().enumerate() {
+        if s == 0 || !s.is_multiple_of(PAGE_SIZE) {
+            return Err(l.err(
+                l.words[j + 1].col,
+                format!("an EPC section must be a non-zero multiple of 4K, not {s} bytes"),
+            ));
+        }
+    }
+    if let Err(e) = Epc::check_sizes(&sizes) {
+        return Err(l.err(first.col, e.to_string()));
+    }
+    scope.has_epc = true;
+    Ok((Command::Epc(sizes), l.words.len()))
+}
+
+/// `kernel VERSION`: only before the first `open`.
+fn kernel_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
+    if scope.opened {
+        return Err(l.err(first.col, "`kernel` must come before the first `open`"));
+    }
+    let w = l.word(1, "a VERSION such as 5.15 or 6.18")?;
+    let v = KernelVersion::parse(w.text).ok_or_else(|| {
+        l.err(
+            w.col,
+            format!("expected a VERSION such as 5.15, found '{}'", w.text),
+        )
+    })?;
+    Ok((Command::Kernel(v), 2))
+}
+
+/// `mmap FD SIZE [private]`.
+fn mmap_line(l: &Line<'_>, scope: &Scope) -> Parsed {
+    let (fd, size) = (scope.fd(l, 1)?, l.size(2)?);
+    let private = match l.words.get(3) {
+        None => false,
+        Some(w) if w.text == "private" => true,
+        Some(w) => {
+            return Err(l.err(
+                w.col,
+                format!("expected `private` or nothing, found '{}'", w.text),
+            ));
+        }
+    };
+    Ok((
+        Command::Mmap { fd, size, private },
+        3 + usize::from(private),
+    ))
+}
+
+/// `touch`, `epa` and `eremove`: `FD PAGE`.
+fn fd_page_line(l: &Line<'_>, scope: &Scope, which: &str) -> Parsed {
+    let (fd, page) = (scope.fd(l, 1)?, l.number(2, PAGE_WHAT)?);
+    let cmd = match which {
+        "touch" => Command::Touch { fd, page },
+        "epa" => Command::Epa { fd, page },
+        _ => Command::Eremove { fd, page },
+    };
+    Ok((cmd, 3))
+}
+
+/// `eadd FD PAGE ENCL reg|tcs`.
+fn eadd_line(l: &Line<'_>, scope: &Scope) -> Parsed {
+    let (fd, page, encl) = (scope.fd(l, 1)?, l.number(2, PAGE_WHAT)?, scope.encl(l, 3)?);
+    let w = l.word(4, "`reg` or `tcs`")?;
+    let ty = match w.text {
+        "reg" => AddType::Reg,
+        "tcs" => AddType::Tcs,
+        other => {
+            return Err(l.err(w.col, format!("expected `reg` or `tcs`, found '{other}'")));
+        }
+    };
+    Ok((Command::Eadd { fd, page, encl, ty }, 5))
+}
+
+/// `eenter` and `eexit`: `ENCL FD PAGE`.
+fn thread_line(l: &Line<'_>, scope: &Scope, which: &str) -> Parsed {
+    let (encl, fd, page) = (scope.encl(l, 1)?, scope.fd(l, 2)?, l.number(3, PAGE_WHAT)?);
+    let cmd = if which == "eenter" {
+        Command::Eenter { encl, fd, page }
+    } else {
+        Command::Eexit { encl, fd, page }
+    };
+    Ok((cmd, 4))
+}
+
+/// `ioctl FD REQ [ARG]`.
+fn ioctl_line(l: &Line<'_>, scope: &Scope) -> Parsed {
+    let fd = scope.fd(l, 1)?;
+    let w = l.word(2, "a request (`remove-all` or a number)")?;
+    let request = if w.text == "remove-all" {
+        u64::from(crate::abi::SGX_IOC_VEPC_REMOVE_ALL)
+    } else {
+        l.number(2, "a request (`remove-all` or a number)")?
+    };
+    let arg = if l.words.len() > 3 {
+        l.number(3, "an ARG number")?
+    } else {
+        0
+    };
+    Ok((Command::Ioctl { fd, request, arg }, 4))
+}
+
+/// `expect RESULT`: never first.
+fn expect_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
+    if scope.commands == 0 {
+        return Err(l.err(first.col, "`expect` needs a command before it"));
+    }
+    l.word(1, "the expected RESULT")?;
+    let text = l.words[1..]
+        .iter()
+        .map(|w| w.text)
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((Command::Expect(text), l.words.len()))
 }
 
 impl fmt::Display for Step {
