@@ -35,3 +35,8 @@ pub mod script;
 pub mod sync;
 #[allow(unsafe_code)]
 pub mod sys;
+
+/// The README's library example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

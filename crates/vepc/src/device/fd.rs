@@ -19,6 +19,23 @@ pub const SGX_VEPC_PATH: &str = "/dev/sgx_vepc";
 /// On the host it is the kernel's (**not yet run on SGX hardware**: every path is
 /// tested on this project's machines with non-vEPC files and `strace` only); on an
 /// [`Emulated`](super::Emulated) device it is the model's, with real memory.
+///
+/// # Examples
+///
+/// On the emulated device (on an SGX host, [`VepcFd::open`] or
+/// [`VepcDevice::host`](super::VepcDevice::host) instead):
+///
+/// ```
+/// use vepc::device::{MapOptions, VepcDevice};
+///
+/// let device = VepcDevice::emulated(&[1 << 20])?;
+/// let fd = device.open()?;
+/// let region = fd.map(16 * 4096, MapOptions::default())?;
+/// assert_eq!(region.len(), 16 * 4096);
+/// // Nothing touched, nothing to remove: no SECS page is left.
+/// assert_eq!(fd.remove_all()?, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct VepcFd {
     inner: Inner,

@@ -84,6 +84,26 @@ impl Device {
 
     /// `open("/dev/sgx_vepc", O_RDWR)`: a new, empty instance. No EPC is taken.
     /// `ENOENT` on kernels before 5.13, which have no such device.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use vepc::abi::{Errno, KernelVersion};
+    /// use vepc::driver::{Device, Sharing};
+    /// use vepc::model::Epc;
+    ///
+    /// let device = Device::new(Epc::new(&[4 * 4096])?, KernelVersion::DEFAULT);
+    /// let file = device.open()?;
+    /// assert_eq!(device.stats().used, 0, "open takes no EPC");
+    /// let map = file.mmap(8 * 4096, Sharing::Shared, 0)?;
+    /// map.touch(0)?; // the first touch takes a page
+    /// assert_eq!(device.stats().used, 1);
+    /// assert_eq!(file.mmap(4096, Sharing::Private, 0).err(), Some(Errno::EINVAL));
+    ///
+    /// let old = Device::new(Epc::new(&[4096])?, KernelVersion::new(5, 12));
+    /// assert_eq!(old.open().err(), Some(Errno::ENOENT));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(self: &Arc<Self>) -> Result<VepcFile, Errno> {
         self.open_on_node(0)
     }

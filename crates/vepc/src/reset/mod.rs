@@ -212,6 +212,33 @@ pub type Quiesce<'a> = &'a mut dyn FnMut(usize) -> Result<(), String>;
 static RESET_LOCK: Mutex<()> = Mutex::new(());
 
 /// Brings every page of the guest's instances back to uninitialized.
+///
+/// # Examples
+///
+/// A guest with an enclave whose SECS is in one section and whose children are in the
+/// other, on the model: round 1 keeps the SECS, round 2 removes it.
+///
+/// ```
+/// use vepc::abi::KernelVersion;
+/// use vepc::driver::{Device, ModelSection};
+/// use vepc::model::{AddType, Epc};
+/// use vepc::reset::{ResetOptions, reset};
+///
+/// let device = Device::new(Epc::new(&[64 * 4096])?, KernelVersion::DEFAULT);
+/// let mut guest = vec![
+///     ModelSection::open(&device, 8 * 4096)?,
+///     ModelSection::open(&device, 8 * 4096)?,
+/// ];
+/// // The guest's ENCLS, on the model: SECS in section 0, a TCS in section 1.
+/// let secs = guest[0].maps[0].touch(0)?;
+/// device.epc().ecreate(secs)?;
+/// device.epc().eadd(guest[1].maps[0].touch(0)?, secs, AddType::Tcs)?;
+///
+/// let report = reset(&mut guest, &ResetOptions::default(), None)?;
+/// assert_eq!(report.round(1, 2), [Some(Ok(1)), Some(Ok(0))]);
+/// assert_eq!(report.round(2, 2), [Some(Ok(0)), None]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn reset<I: VepcInstance + Sync>(
     instances: &mut [I],
     opts: &ResetOptions,

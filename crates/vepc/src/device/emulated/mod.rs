@@ -84,6 +84,30 @@ type ReleaseHook = Box<dyn Fn(Released) + Send + Sync>;
 
 /// The emulated `/dev/sgx_vepc`: the model's device, and the memory behind its
 /// instances.
+///
+/// # Examples
+///
+/// An EPC of 8 pages and a mapping of 12: the ninth first touch has no EPC page.
+///
+/// ```
+/// use vepc::abi::{Errno, KernelVersion};
+/// use vepc::device::{Emulated, FaultMode, Faults, MapOptions, VepcDevice};
+/// use vepc::driver::Device;
+/// use vepc::model::Epc;
+///
+/// let model = Device::new(Epc::new(&[8 * 4096])?, KernelVersion::DEFAULT);
+/// let emulated = Emulated::new(model, FaultMode::Auto);
+/// let fd = VepcDevice::emulated_on(&emulated).open()?;
+/// let region = fd.map(12 * 4096, MapOptions::default())?;
+/// assert_eq!(emulated.faults(), Faults::Exact, "a first touch could fail: asked one by one");
+/// for page in 0..8 {
+///     emulated.touch(region.addr() + page * 4096)?;
+/// }
+/// // A guest would get SIGBUS here; touch() says EFAULT instead.
+/// assert_eq!(emulated.touch(region.addr() + 8 * 4096), Err(Errno::EFAULT));
+/// assert_eq!(emulated.stats().free, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Emulated {
     model: Arc<Device>,
     mode: FaultMode,
