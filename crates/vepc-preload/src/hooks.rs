@@ -245,7 +245,7 @@ unsafe fn mmap_vepc(
             ],
         );
     };
-    let pgoff = match shim.mmap_plan(open, len, prot, flags, off) {
+    let pgoff = match shim.mmap_plan(open, (len, prot, flags, off)) {
         Ok(p) => p,
         Err(e) => {
             log(Err(e));

@@ -130,42 +130,38 @@ pub fn dup(fd: c_int, cloexec: bool) -> Result<c_int, Errno> {
 /// Copies `buf.len()` bytes from this process's address `addr`, as the kernel's
 /// `copy_from_user` would from the caller's: `EFAULT` where it cannot.
 pub fn read_memory(addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut c_void,
-        iov_len: buf.len(),
-    };
-    // SAFETY: process_vm_readv on our own pid writes only into `buf` (the local iovec)
-    // and reads the remote range through the kernel, which answers EFAULT for an
-    // address that is not mapped readable: nothing is dereferenced here.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    if usize::try_from(n).ok() == Some(buf.len()) {
-        Ok(())
-    } else {
-        Err(Errno::EFAULT)
-    }
+    transfer(addr, buf.as_mut_ptr(), buf.len(), false)
 }
 
 /// Copies `buf` to this process's address `addr`, as `copy_to_user` would: `EFAULT`
 /// where it cannot.
 pub fn write_memory(addr: u64, buf: &[u8]) -> Result<(), Errno> {
+    transfer(addr, buf.as_ptr().cast_mut(), buf.len(), true)
+}
+
+/// `process_vm_readv` (or `_writev`) on our own pid between `local..local + len` and
+/// the remote `addr`: the kernel reaches the remote range, answering EFAULT for an
+/// address that is not mapped for the access, so nothing is dereferenced here.
+fn transfer(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Errno> {
     let local = libc::iovec {
-        iov_base: buf.as_ptr() as *mut c_void,
-        iov_len: buf.len(),
+        iov_base: local.cast(),
+        iov_len: len,
     };
     let remote = libc::iovec {
         iov_base: addr as *mut c_void,
-        iov_len: buf.len(),
+        iov_len: len,
     };
-    // SAFETY: process_vm_writev reads only `buf` and writes the remote range through
-    // the kernel, which answers EFAULT for an address that is not mapped writable.
-    // The range is the program's own ioctl argument, which it passed for the kernel
-    // to write there.
-    let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-    if usize::try_from(n).ok() == Some(buf.len()) {
+    // SAFETY: the local iovec is a live buffer of `len` bytes (written only when
+    // reading); the remote range is the program's own ioctl argument, which it passed
+    // for the kernel to read or write there.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
+        } else {
+            libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+        }
+    };
+    if usize::try_from(n).ok() == Some(len) {
         Ok(())
     } else {
         Err(Errno::EFAULT)

@@ -139,30 +139,27 @@ pub struct Case {
     pub name: &'static str,
     /// What it puts QEMU through.
     pub title: &'static str,
-    /// The QEMU run (`None`: judged from the binary alone).
-    setup: Option<fn() -> Setup>,
-    judge: fn(&Path, Option<&Run>) -> Verdict,
+    /// The QEMU run.
+    setup: fn() -> Setup,
+    /// The judgement of the run, and of the binary.
+    judge: fn(&Path, &Run) -> Verdict,
 }
 
 impl Case {
     /// Runs the case on `qemu` with `shim` preloaded.
     pub fn check(&self, qemu: &Path, shim: &Path) -> Outcome {
-        let run = match self.setup.map(|s| run(qemu, shim, &s())) {
-            None => None,
-            Some(Ok(r)) => Some(r),
-            Some(Err(e)) => {
-                return Outcome {
-                    case: *self,
-                    verdict: Verdict::Error {
-                        reason: e.to_string(),
-                    },
-                    run: None,
-                };
-            }
-        };
-        let verdict = match &run {
-            Some(r) if !r.alive => Verdict::bug(Bug::Died, vec![stderr_evidence(r, "")]),
-            _ => (self.judge)(qemu, run.as_ref()),
+        let (verdict, run) = match run(qemu, shim, &(self.setup)()) {
+            Err(e) => (
+                Verdict::Error {
+                    reason: e.to_string(),
+                },
+                None,
+            ),
+            Ok(r) if !r.alive => (
+                Verdict::bug(Bug::Died, vec![stderr_evidence(&r, "")]),
+                Some(r),
+            ),
+            Ok(r) => ((self.judge)(qemu, &r), Some(r)),
         };
         Outcome {
             case: *self,
@@ -222,60 +219,60 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "split-secs",
         title: "a SECS in section 0, its children in section 1: two rounds",
-        setup: Some(|| Setup::default().script(SPLIT)),
+        setup: || Setup::default().script(SPLIT),
         judge: judge_split,
     },
     Case {
         name: "transient-ebusy",
         title: "the same, and section 0's first REMOVE_ALL fails with EBUSY",
-        setup: Some(|| {
+        setup: || {
             Setup::default()
                 .script(SPLIT)
                 .env("VEPC_INJECT", TRANSIENT_EBUSY)
-        }),
+        },
         judge: judge_transient,
     },
     Case {
         name: "transient-ebusy-secs-first",
         title: "a SECS below its children in section 0, whose first REMOVE_ALL fails with EBUSY",
-        setup: Some(|| {
+        setup: || {
             Setup::default()
                 .script(SECS_FIRST)
                 .env("VEPC_INJECT", TRANSIENT_EBUSY)
-        }),
+        },
         judge: judge_transient,
     },
     Case {
         name: "persistent-ebusy",
         title: "a thread left inside an enclave of section 0: EBUSY at every call",
-        setup: Some(|| Setup::default().script(INSIDE)),
+        setup: || Setup::default().script(INSIDE),
         judge: judge_persistent,
     },
     Case {
         name: "enotty",
         title: "a kernel without REMOVE_ALL (5.15): ENOTTY, over four resets",
-        setup: Some(|| {
+        setup: || {
             Setup::default()
                 .script(SPLIT)
                 .env("VEPC_KERNEL", "5.15")
                 .resets(3)
-        }),
+        },
         judge: judge_enotty,
     },
     Case {
         name: "einval",
         title: "every REMOVE_ALL fails with EINVAL",
-        setup: Some(|| {
+        setup: || {
             Setup::default()
                 .script(SPLIT)
                 .env("VEPC_INJECT", "remove-all=EINVAL")
-        }),
+        },
         judge: judge_einval,
     },
     Case {
         name: "third-argument",
         title: "REMOVE_ALL's third argument is 0, and by construction (machine code)",
-        setup: Some(Setup::default),
+        setup: Setup::default,
         judge: judge_third_argument,
     },
 ];
@@ -283,13 +280,6 @@ pub const CASES: [Case; 7] = [
 /// Runs every case on `qemu`.
 pub fn check_all(qemu: &Path, shim: &Path) -> Vec<Outcome> {
     CASES.iter().map(|c| c.check(qemu, shim)).collect()
-}
-
-/// The run of a case that has one.
-fn the_run(run: Option<&Run>) -> Result<&Run, Verdict> {
-    run.ok_or(Verdict::Error {
-        reason: "the case needs a QEMU run".into(),
-    })
 }
 
 /// `reset N: [S0=1 S1=0] [S0=0 S1=0]; valid pages after: S0=0 S1=0`.
@@ -320,11 +310,7 @@ fn stderr_evidence(run: &Run, text: &str) -> String {
 
 const RESET_ERROR: &str = "cannot reset vEPC section";
 
-fn judge_split(_: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_split(_: &Path, run: &Run) -> Verdict {
     let evidence = vec![reset_evidence(run, 0), stderr_evidence(run, RESET_ERROR)];
     if run.resets.iter().all(|r| r.complete()) {
         Verdict::Pass { evidence }
@@ -335,11 +321,7 @@ fn judge_split(_: &Path, run: Option<&Run>) -> Verdict {
 
 /// A transient EBUSY on S0's first call: the start-up reset must still end with every
 /// page uninitialized, and with nothing to report.
-fn judge_transient(_: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_transient(_: &Path, run: &Run) -> Verdict {
     let evidence = vec![reset_evidence(run, 0), stderr_evidence(run, RESET_ERROR)];
     if run.resets.first().is_some_and(|r| r.complete()) {
         Verdict::Pass { evidence }
@@ -352,11 +334,7 @@ fn judge_transient(_: &Path, run: Option<&Run>) -> Verdict {
 
 /// A thread that never leaves: S0 cannot be reset, and QEMU must say so (naming the
 /// section and EBUSY) at every reset, and keep running.
-fn judge_persistent(_: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_persistent(_: &Path, run: &Run) -> Verdict {
     let evidence = vec![
         reset_evidence(run, 0),
         stderr_evidence(run, RESET_ERROR),
@@ -376,11 +354,7 @@ fn judge_persistent(_: &Path, run: Option<&Run>) -> Verdict {
 
 const ENOTTY_WARNING: &str = "does not support SGX_IOC_VEPC_REMOVE_ALL";
 
-fn judge_enotty(_: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_enotty(_: &Path, run: &Run) -> Verdict {
     let warnings = run.stderr_lines(ENOTTY_WARNING).len();
     let evidence = vec![
         reset_evidence(run, 0),
@@ -397,11 +371,7 @@ fn judge_enotty(_: &Path, run: Option<&Run>) -> Verdict {
     }
 }
 
-fn judge_einval(_: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_einval(_: &Path, run: &Run) -> Verdict {
     let evidence = vec![reset_evidence(run, 0), stderr_evidence(run, RESET_ERROR)];
     let sections = run.resets.first().map_or(0, |r| r.valid_after().len());
     let reported = (0..sections).all(|s| {
@@ -416,11 +386,7 @@ fn judge_einval(_: &Path, run: Option<&Run>) -> Verdict {
     }
 }
 
-fn judge_third_argument(qemu: &Path, run: Option<&Run>) -> Verdict {
-    let run = match the_run(run) {
-        Ok(r) => r,
-        Err(v) => return v,
-    };
+fn judge_third_argument(qemu: &Path, run: &Run) -> Verdict {
     let nonzero: Vec<String> = run
         .calls()
         .filter(|c| c.arg != 0)
@@ -507,7 +473,7 @@ mod tests {
             "",
         );
         assert_eq!(
-            judge_transient(Path::new(NOWHERE), Some(&stock)).bug_shown(),
+            judge_transient(Path::new(NOWHERE), &stock).bug_shown(),
             Some(Bug::EbusyIgnored)
         );
         // Two rounds: the second was S0's first complete pass; it gave up, and said so.
@@ -521,7 +487,7 @@ mod tests {
             "qemu: cannot reset vEPC section 0: SECS pages remain\n",
         );
         assert_eq!(
-            judge_transient(Path::new(NOWHERE), Some(&two)).bug_shown(),
+            judge_transient(Path::new(NOWHERE), &two).bug_shown(),
             Some(Bug::TwoRoundsAfterEbusy)
         );
         let three = run(
@@ -533,7 +499,7 @@ mod tests {
             "",
         );
         assert_eq!(
-            judge_transient(Path::new(NOWHERE), Some(&three)),
+            judge_transient(Path::new(NOWHERE), &three),
             Verdict::Pass {
                 evidence: vec![
                     "start-up reset: [S0=EBUSY] [S0=1] [S0=0]; valid pages after: S0=0".into(),
@@ -553,7 +519,7 @@ mod tests {
             (&format!("{w}{w}") as &str, Some(Bug::EnottyRepeated)),
         ] {
             let r = run(enotty(), stderr);
-            assert_eq!(judge_enotty(Path::new(NOWHERE), Some(&r)).bug_shown(), want);
+            assert_eq!(judge_enotty(Path::new(NOWHERE), &r).bug_shown(), want);
         }
     }
 
@@ -565,18 +531,18 @@ mod tests {
         let both = format!("{one}q: cannot reset vEPC section 1: Invalid argument\n");
         let r = run(calls(), one);
         assert_eq!(
-            judge_einval(Path::new(NOWHERE), Some(&r)).bug_shown(),
+            judge_einval(Path::new(NOWHERE), &r).bug_shown(),
             Some(Bug::EinvalSilent)
         );
         let r = run(calls(), &both);
-        assert_eq!(judge_einval(Path::new(NOWHERE), Some(&r)).bug_shown(), None);
+        assert_eq!(judge_einval(Path::new(NOWHERE), &r).bug_shown(), None);
         // Reported, but without the reason: not enough.
         let r = run(
             calls(),
             "q: cannot reset vEPC section 0\nq: cannot reset vEPC section 1\n",
         );
         assert_eq!(
-            judge_einval(Path::new(NOWHERE), Some(&r)).bug_shown(),
+            judge_einval(Path::new(NOWHERE), &r).bug_shown(),
             Some(Bug::EinvalSilent)
         );
     }
@@ -586,7 +552,7 @@ mod tests {
         let mut c = call("S0", Answer::Errno("EINVAL".into()), 1);
         c.arg = 0xffff_ffff;
         let r = run(vec![c], "");
-        let v = judge_third_argument(Path::new(NOWHERE), Some(&r));
+        let v = judge_third_argument(Path::new(NOWHERE), &r);
         assert_eq!(v.bug_shown(), Some(Bug::ThirdArgumentNonZero), "{v:?}");
     }
 }

@@ -1,46 +1,14 @@
-//! Mappings of the device: the checks `mmap` makes before the mapping exists, and the
-//! log of how first touches are served. The mapping itself, and every first touch, is
-//! the library's emulated device.
+//! How first touches of the device's mappings are served, as the log and stderr say
+//! it. The mapping itself, and every first touch, is the library's emulated device.
 
-use std::ffi::c_int;
 use std::sync::Mutex;
 
-use vepc::abi::{Errno, PAGE_SIZE};
+use vepc::abi::Errno;
 use vepc::device::{Emulated, Faults};
-use vepc::driver::Sharing;
 
-use super::{OpenFile, lock};
+use super::lock;
 use crate::config::FaultMode;
 use crate::log::Log;
-
-/// The checks `mmap` makes before the mapping exists, in the kernel's order: the
-/// length and offset (`do_mmap`), write access for a shared mapping, then
-/// `sgx_vepc_mmap`'s shared-only rule. The page offset, when they pass.
-pub(super) fn plan(
-    open: &OpenFile,
-    len: usize,
-    prot: c_int,
-    flags: c_int,
-    off: i64,
-) -> Result<u64, Errno> {
-    if off < 0 || !(off as u64).is_multiple_of(PAGE_SIZE) {
-        return Err(Errno::EINVAL);
-    }
-    let shared = matches!(flags & 0x0f, libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE);
-    let sharing = if shared {
-        Sharing::Shared
-    } else {
-        Sharing::Private
-    };
-    let pgoff = off as u64 / PAGE_SIZE;
-    // The model checks length and offset, then shared-only. The VFS's EACCES comes
-    // between, but only for a shared mapping, which the last check passes.
-    open.file.model().mmap(len as u64, sharing, pgoff)?;
-    if shared && prot & libc::PROT_WRITE != 0 && !open.writable {
-        return Err(Errno::EACCES);
-    }
-    Ok(pgoff)
-}
 
 /// How first touches were served when the log last said, and what was asked for.
 #[derive(Debug)]

@@ -17,10 +17,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
-use vepc::abi::Errno;
+use vepc::abi::{Errno, PAGE_SIZE};
 use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Released};
-use vepc::driver::Device;
 use vepc::driver::vfs::{Vfs, do_vfs_ioctl};
+use vepc::driver::{Device, Sharing};
 use vepc::model::Epc;
 use vepc::sync::unpoisoned as lock;
 
@@ -203,17 +203,31 @@ impl Shim {
         drop(replaced);
     }
 
-    /// `mmap` of `open`: the checks before the mapping, in the kernel's order. The page
-    /// offset when they pass.
+    /// `mmap(…, len, prot, flags, fd, off)` of `open`: the checks before the mapping
+    /// exists, in the kernel's order: the length and offset (`do_mmap`), write access
+    /// for a shared mapping, then `sgx_vepc_mmap`'s shared-only rule. The page offset
+    /// when they pass.
     pub fn mmap_plan(
         &self,
         open: &OpenFile,
-        len: usize,
-        prot: c_int,
-        flags: c_int,
-        off: i64,
+        (len, prot, flags, off): (usize, c_int, c_int, i64),
     ) -> Result<u64, Errno> {
-        let pgoff = maps::plan(open, len, prot, flags, off)?;
+        if off < 0 || !(off as u64).is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let shared = matches!(flags & 0x0f, libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE);
+        let sharing = if shared {
+            Sharing::Shared
+        } else {
+            Sharing::Private
+        };
+        let pgoff = off as u64 / PAGE_SIZE;
+        // The model checks length and offset, then shared-only. The VFS's EACCES comes
+        // between, but only for a shared mapping, which the last check passes.
+        open.file.model().mmap(len as u64, sharing, pgoff)?;
+        if shared && prot & libc::PROT_WRITE != 0 && !open.writable {
+            return Err(Errno::EACCES);
+        }
         self.faults.prepare(&self.emulated, &self.log)?;
         Ok(pgoff)
     }

@@ -250,21 +250,22 @@ pub struct ScriptCaller {
     pub cloexec: bool,
 }
 
+/// A script's memory: NULL faults, every other address holds zeroes and takes writes.
+fn script_memory(addr: u64) -> Result<(), Errno> {
+    if addr == 0 {
+        Err(Errno::EFAULT)
+    } else {
+        Ok(())
+    }
+}
+
 impl Caller for ScriptCaller {
     fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        if addr == 0 {
-            return Err(Errno::EFAULT);
-        }
-        buf.fill(0);
-        Ok(())
+        script_memory(addr).map(|()| buf.fill(0))
     }
 
     fn write(&mut self, addr: u64, _: &[u8]) -> Result<(), Errno> {
-        if addr == 0 {
-            Err(Errno::EFAULT)
-        } else {
-            Ok(())
-        }
+        script_memory(addr)
     }
 
     fn set_cloexec(&mut self, on: bool) {

@@ -271,59 +271,6 @@ impl Emulated {
         lock(&self.files).iter().filter_map(Weak::upgrade).collect()
     }
 
-    /// Maps `file` as `mmap(addr, len, prot, flags, fd, pgoff * 4096)` would, and
-    /// tracks the range.
-    ///
-    /// # Safety
-    ///
-    /// As [`mm::map_shared`]: with `MAP_FIXED`, the range must be the caller's.
-    unsafe fn map(
-        self: &Arc<Self>,
-        file: &Arc<EmulatedFile>,
-        addr: usize,
-        len: usize,
-        prot: i32,
-        flags: i32,
-        pgoff: u64,
-    ) -> Result<usize, Errno> {
-        let map = file.model.mmap(len as u64, Sharing::Shared, pgoff)?;
-        let len = usize::try_from(map.pages() * PAGE_SIZE).map_err(|_| Errno::ENOMEM)?;
-        if lock(&self.state).faults == Faults::Refused {
-            return Err(Errno::ENODEV);
-        }
-        file.grow((pgoff + map.pages()) * PAGE_SIZE)?;
-        let populate = flags & libc_map::POPULATE != 0;
-        let flags = flags & !libc_map::POPULATE;
-        let offset = pgoff * PAGE_SIZE;
-        // SAFETY: the caller vouches for the range when it asks for MAP_FIXED.
-        let addr = unsafe { mm::map_shared(addr, file.memfd.as_fd(), len, prot, flags, offset) }?;
-        let _ = mm::no_huge_pages(addr, len);
-        let replaced = {
-            let mut state = lock(&self.state);
-            self.mapped_any.store(true, Ordering::Release);
-            let replaced = state.regions.insert(
-                addr,
-                len,
-                pgoff,
-                prot,
-                Piece {
-                    _map: map,
-                    file: Arc::clone(file),
-                },
-            );
-            for p in &replaced {
-                p.file.settle();
-            }
-            self.place(&mut state, addr, len, pgoff, prot, file);
-            replaced
-        };
-        drop(replaced);
-        if populate {
-            let _ = mm::populate(addr, len, prot & libc_map::PROT_WRITE != 0);
-        }
-        Ok(addr)
-    }
-
     /// Decides how the new range's first touches are served.
     fn place(
         self: &Arc<Self>,
@@ -637,8 +584,42 @@ impl EmulatedFile {
         pgoff: u64,
     ) -> Result<usize, Errno> {
         let device = self.device.upgrade().ok_or(Errno::ENODEV)?;
-        // SAFETY: the caller's contract is this function's.
-        unsafe { device.map(self, addr, len, prot, flags, pgoff) }
+        let map = self.model.mmap(len as u64, Sharing::Shared, pgoff)?;
+        let len = usize::try_from(map.pages() * PAGE_SIZE).map_err(|_| Errno::ENOMEM)?;
+        if lock(&device.state).faults == Faults::Refused {
+            return Err(Errno::ENODEV);
+        }
+        self.grow((pgoff + map.pages()) * PAGE_SIZE)?;
+        let populate = flags & libc_map::POPULATE != 0;
+        let flags = flags & !libc_map::POPULATE;
+        let offset = pgoff * PAGE_SIZE;
+        // SAFETY: the caller vouches for the range when it asks for MAP_FIXED.
+        let addr = unsafe { mm::map_shared(addr, self.memfd.as_fd(), len, prot, flags, offset) }?;
+        let _ = mm::no_huge_pages(addr, len);
+        let replaced = {
+            let mut state = lock(&device.state);
+            device.mapped_any.store(true, Ordering::Release);
+            let replaced = state.regions.insert(
+                addr,
+                len,
+                pgoff,
+                prot,
+                Piece {
+                    _map: map,
+                    file: Arc::clone(self),
+                },
+            );
+            for p in &replaced {
+                p.file.settle();
+            }
+            device.place(&mut state, addr, len, pgoff, prot, self);
+            replaced
+        };
+        drop(replaced);
+        if populate {
+            let _ = mm::populate(addr, len, prot & libc_map::PROT_WRITE != 0);
+        }
+        Ok(addr)
     }
 
     fn grow(&self, len: u64) -> Result<(), Errno> {
