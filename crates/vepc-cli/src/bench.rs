@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use vepc::abi::{KernelVersion, PAGE_SIZE};
-use vepc::driver::{Device, ModelSection};
+use vepc::device::ModelSection;
+use vepc::driver::Device;
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, Strategy, reset};
 

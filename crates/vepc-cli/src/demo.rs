@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, ModelSection};
+use vepc::device::ModelSection;
+use vepc::driver::Device;
 use vepc::model::{AddType, Epc, EpcPage};
 use vepc::reset::{ResetOptions, reset};
 

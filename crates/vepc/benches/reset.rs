@@ -13,7 +13,8 @@ use std::time::Duration;
 use divan::Bencher;
 use divan::counter::ItemsCount;
 use vepc::abi::KernelVersion;
-use vepc::driver::{Device, ModelSection};
+use vepc::device::ModelSection;
+use vepc::driver::Device;
 use vepc::model::{AddType, Epc};
 use vepc::reset::{ResetOptions, Strategy, reset};
 

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use vepc::abi::{Errno, KernelVersion};
-use vepc::driver::{Device, ModelSection};
+use vepc::device::ModelSection;
+use vepc::driver::Device;
 use vepc::model::Epc;
 use vepc::script::{Runner, parse, parse_attached};
 

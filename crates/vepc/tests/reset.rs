@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use proptest::prelude::*;
 use vepc::abi::{Errno, KernelVersion};
-use vepc::device::VepcError;
-use vepc::driver::{Device, ModelSection};
+use vepc::device::ModelSection;
+use vepc::device::{VepcError, VepcInstance};
+use vepc::driver::Device;
 use vepc::model::{AddType, Epc, EpcPage};
-use vepc::reset::{ResetError, ResetOptions, Strategy as Rounds, VepcInstance, reset};
+use vepc::reset::{ResetError, ResetOptions, Strategy as Rounds, reset};
 
 const PAGE: u64 = vepc::abi::PAGE_SIZE;
 

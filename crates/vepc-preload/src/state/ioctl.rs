@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vepc::abi::{Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL};
-use vepc::device::Emulated;
+use vepc::device::{Emulated, ModelSection};
+use vepc::driver::Sharing;
 use vepc::driver::vfs::{Caller, Source};
-use vepc::driver::{ModelSection, Sharing};
 use vepc::script::{Runner, parse_attached};
 
 use super::fds::Descriptors;

@@ -15,6 +15,8 @@
 mod emulated;
 mod error;
 mod fd;
+mod instance;
+mod model_section;
 mod region;
 mod section;
 
@@ -24,6 +26,8 @@ use std::sync::Arc;
 pub use emulated::{Emulated, EmulatedFile, FaultMode, Faults, Released};
 pub use error::VepcError;
 pub use fd::{SGX_VEPC_PATH, VepcFd};
+pub use instance::VepcInstance;
+pub use model_section::ModelSection;
 pub use region::{EpcRegion, MapOptions};
 pub use section::VepcSection;
 

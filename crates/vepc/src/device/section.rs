@@ -1,8 +1,6 @@
 //! [`VepcSection`]: one guest EPC section as a VMM holds it, on either device.
 
-use super::error::VepcError;
-use super::{EpcRegion, MapOptions, VepcDevice, VepcFd};
-use crate::reset::VepcInstance;
+use super::{EpcRegion, MapOptions, VepcDevice, VepcError, VepcFd, VepcInstance};
 
 /// One guest EPC section (QEMU: one `memory-backend-epc`): an open instance and its
 /// mapping, which the VMM hands to KVM as a memory slot, and which

@@ -4,14 +4,11 @@
 //!   the kernel version it behaves like;
 //! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
 //!   mappings; the instance is released when the last of them is dropped;
-//! - [`ModelSection`]: a guest EPC section on the model, without memory (scripts,
-//!   terabyte-scale benchmarks), for [`crate::reset`];
 //! - [`Device::check`]: the consistency check any test can call;
 //! - [`vfs`]: the ioctls the VFS answers before the driver sees them.
 
 mod check;
 mod page_map;
-mod section;
 mod vepc;
 pub mod vfs;
 
@@ -19,7 +16,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 pub use check::Inconsistency;
-pub use section::ModelSection;
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelVersion};

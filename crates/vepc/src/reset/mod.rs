@@ -1,7 +1,7 @@
 //! The guest-reboot reset protocol of `Documentation/arch/x86/sgx.rst`
 //! (docs/SEMANTICS.md §4), written once against [`VepcInstance`], which every guest
 //! section implements: [`crate::device::VepcSection`] on the host's device or the
-//! emulated one, and [`crate::driver::ModelSection`] on the model without memory.
+//! emulated one, and [`crate::device::ModelSection`] on the model without memory.
 //!
 //! 1. Round 1: REMOVE_ALL on every instance of the guest. Children go; SECS pages
 //!    whose children live elsewhere (or later in index order) are counted.
@@ -26,19 +26,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::abi::Errno;
-use crate::device::VepcError;
-
-/// What the protocol needs of one guest EPC section: an open vEPC instance and its
-/// mapping ([`crate::device::VepcSection`] on either device,
-/// [`crate::driver::ModelSection`] on the model without memory).
-pub trait VepcInstance {
-    /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: the count of SECS pages left.
-    fn remove_all(&self) -> Result<u64, VepcError>;
-
-    /// Replaces the instance with a new one mapped over the same address range, then
-    /// drops the old one (the only reset on kernels before 5.16).
-    fn recreate(&mut self) -> Result<(), VepcError>;
-}
+use crate::device::{VepcError, VepcInstance};
 
 /// How REMOVE_ALL's first round is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -220,7 +208,8 @@ static RESET_LOCK: Mutex<()> = Mutex::new(());
 ///
 /// ```
 /// use vepc::abi::KernelVersion;
-/// use vepc::driver::{Device, ModelSection};
+/// use vepc::device::ModelSection;
+/// use vepc::driver::Device;
 /// use vepc::model::{AddType, Epc};
 /// use vepc::reset::{ResetOptions, reset};
 ///

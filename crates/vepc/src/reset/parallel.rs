@@ -1,8 +1,8 @@
 //! The parallel first round: one thread per instance, all calls at once.
 
-use super::{Call, VepcInstance};
+use super::Call;
 use crate::abi::Errno;
-use crate::device::VepcError;
+use crate::device::{VepcError, VepcInstance};
 
 /// Calls REMOVE_ALL on every instance at once; records the calls in `calls` and
 /// returns each instance's answer. Instances whose SECS and children are split

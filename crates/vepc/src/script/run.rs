@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use super::parse::{Command, Script, Step};
 use crate::abi::{Errno, Signal};
+use crate::device::ModelSection;
 use crate::driver::vfs::ScriptCaller;
-use crate::driver::{Device, ModelSection, Sharing, VepcFile};
+use crate::driver::{Device, Sharing, VepcFile};
 use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
 

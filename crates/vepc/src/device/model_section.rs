@@ -1,14 +1,13 @@
-//! [`ModelSection`]: a guest EPC section on the model, as a VMM holds it, without
-//! memory behind it: what scripts and the terabyte-scale benchmark drive. (With memory
-//! a VMM can hand to KVM, it is a [`crate::device::VepcSection`] on the emulated
-//! device.)
+//! [`ModelSection`]: a guest EPC section on the model's driver, as a VMM holds it,
+//! without memory behind it: what scripts and the terabyte-scale benchmark drive. (With
+//! memory a VMM can hand to KVM, it is a [`VepcSection`](super::VepcSection) on the
+//! emulated device.)
 
 use std::sync::Arc;
 
-use super::{Mapping, Sharing, VepcFile};
+use super::{SGX_VEPC_PATH, VepcError, VepcInstance};
 use crate::abi::{Errno, PAGE_SIZE};
-use crate::device::{SGX_VEPC_PATH, VepcError};
-use crate::reset::VepcInstance;
+use crate::driver::{Device, Mapping, Sharing, VepcFile};
 
 /// An open model instance and the mappings the VMM made of it.
 #[derive(Debug)]
@@ -21,13 +20,13 @@ pub struct ModelSection {
 
 impl ModelSection {
     /// An instance with one mapping of `len` bytes at offset 0.
-    pub fn open(device: &Arc<super::Device>, len: u64) -> Result<Self, Errno> {
+    pub fn open(device: &Arc<Device>, len: u64) -> Result<Self, Errno> {
         Self::open_on_node(device, 0, len)
     }
 
     /// [`open`](Self::open) with its faults served by NUMA node `node`
-    /// ([`Device::open_on_node`](super::Device::open_on_node)).
-    pub fn open_on_node(device: &Arc<super::Device>, node: usize, len: u64) -> Result<Self, Errno> {
+    /// ([`Device::open_on_node`]).
+    pub fn open_on_node(device: &Arc<Device>, node: usize, len: u64) -> Result<Self, Errno> {
         let file = device.open_on_node(node)?;
         let map = file.mmap(len, Sharing::Shared, 0)?;
         Ok(Self {
