@@ -72,6 +72,12 @@ pub enum SgxCode {
     EnclaveAct = 14,
     /// EINIT's token is not valid.
     InvalidEinittoken = 16,
+    /// EUPDATESVN: the random number generator had no entropy.
+    InsufficientEntropy = 29,
+    /// EUPDATESVN: the EPC is not empty (some EPCM entry is still valid).
+    EpcNotReady = 30,
+    /// EUPDATESVN succeeded, but the loaded microcode's SVN is not newer than CPUSVN.
+    NoUpdate = 31,
     /// An unmasked event interrupted EINIT.
     UnmaskedEvent = 128,
 }
@@ -85,6 +91,9 @@ impl SgxCode {
             Self::ChildPresent => "SGX_CHILD_PRESENT",
             Self::EnclaveAct => "SGX_ENCLAVE_ACT",
             Self::InvalidEinittoken => "SGX_INVALID_EINITTOKEN",
+            Self::InsufficientEntropy => "SGX_INSUFFICIENT_ENTROPY",
+            Self::EpcNotReady => "SGX_EPC_NOT_READY",
+            Self::NoUpdate => "SGX_NO_UPDATE",
             Self::UnmaskedEvent => "SGX_UNMASKED_EVENT",
         }
     }
@@ -232,12 +241,32 @@ impl std::error::Error for Errno {}
 /// A signal delivered to a thread that touched guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum Signal {
-    /// The page could not be backed by EPC (`VM_FAULT_SIGBUS`).
+    /// The page could not be backed by EPC (`VM_FAULT_SIGBUS`): `SIGBUS` with
+    /// `BUS_ADRERR` at the faulting address.
     #[error("SIGBUS")]
     Sigbus,
+    /// The access consumed a poisoned EPC page: the machine check ends in
+    /// `force_sig(SIGBUS)` (`arch_memory_failure` since 5.17, `kill_me_now` before),
+    /// so `si_code` is `SI_KERNEL` and there is no address (not `BUS_MCEERR_AR`).
+    #[error("SIGBUS/SI_KERNEL")]
+    SigbusKernel,
     /// The address is outside any mapping.
     #[error("SIGSEGV")]
     Sigsegv,
+}
+
+/// Why an access to guest memory did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum FaultError {
+    /// The thread got a signal.
+    #[error(transparent)]
+    Signal(#[from] Signal),
+    /// The fault answers `VM_FAULT_RETRY` for ever: no free EPC page, pages that ksgxd
+    /// could reclaim, and ksgxd asleep (`sgx_alloc_epc_page` wakes it only while
+    /// `sgx_nr_free_pages` is below `SGX_NR_LOW_PAGES`). The access spins in the fault
+    /// until another EPC user frees or reclaims a page.
+    #[error("HANG")]
+    Hang,
 }
 
 /// A Linux kernel version, for the behaviours that changed over time.
@@ -259,6 +288,10 @@ impl KernelVersion {
     pub const VEPC: Self = Self::new(5, 13);
     /// 5.16: `SGX_IOC_VEPC_REMOVE_ALL`.
     pub const REMOVE_ALL: Self = Self::new(5, 16);
+    /// 5.17: `arch_memory_failure`: a poisoned EPC page is kept off the free lists.
+    pub const MEMORY_FAILURE: Self = Self::new(5, 17);
+    /// 6.19: opening an SGX device counts a user; the first user runs EUPDATESVN.
+    pub const EUPDATESVN: Self = Self::new(6, 19);
     /// What the model behaves like unless told otherwise.
     pub const DEFAULT: Self = Self::new(6, 18);
 
@@ -270,6 +303,16 @@ impl KernelVersion {
     /// Whether this kernel answers `SGX_IOC_VEPC_REMOVE_ALL`.
     pub fn has_remove_all(self) -> bool {
         self >= Self::REMOVE_ALL
+    }
+
+    /// Whether this kernel isolates poisoned EPC pages (`arch_memory_failure`).
+    pub fn isolates_poison(self) -> bool {
+        self >= Self::MEMORY_FAILURE
+    }
+
+    /// Whether this kernel counts SGX users and runs EUPDATESVN at the first.
+    pub fn counts_sgx_users(self) -> bool {
+        self >= Self::EUPDATESVN
     }
 
     /// Parses `MAJOR.MINOR` or `MAJOR.MINOR.PATCH[-extra]` (as `uname -r` prints it).
@@ -306,6 +349,9 @@ mod tests {
         assert_eq!(SgxCode::EpcPageConflict as i32, 7);
         assert_eq!(SgxCode::NotTracked as i32, 11);
         assert_eq!(SgxCode::InvalidEinittoken as i32, 16);
+        assert_eq!(SgxCode::InsufficientEntropy as i32, 29);
+        assert_eq!(SgxCode::EpcNotReady as i32, 30);
+        assert_eq!(SgxCode::NoUpdate as i32, 31);
         assert_eq!(SgxCode::UnmaskedEvent as i32, 128);
     }
 

@@ -29,7 +29,12 @@ impl Guest {
     /// Two instances of 8 pages. Enclave E: SECS G0, children G1 (TCS), H0, H1.
     /// Enclave F: SECS H2, children G2, H3. Both initialized.
     fn new() -> Self {
-        let dev = Device::new(Epc::new(&[16 * 4096]).expect("EPC"), KernelVersion::DEFAULT);
+        Self::on(KernelVersion::DEFAULT)
+    }
+
+    /// [`new`](Self::new) on a device that behaves like `kernel`.
+    fn on(kernel: KernelVersion) -> Self {
+        let dev = Device::new(Epc::new(&[16 * 4096]).expect("EPC"), kernel);
         let open = || {
             let f = dev.open().expect("open");
             let m = f.mmap(8 * 4096, Sharing::Shared, 0).expect("mmap");
@@ -252,4 +257,72 @@ fn remove_all_beside_eenter() {
     assert!(gp > 0, "EENTER never met a removal in progress (#GP)");
     let n = 2 * SCHEDULES;
     eprintln!("REMOVE_ALL vs EENTER: {gp} of {n} schedules refused the entry with #GP");
+}
+
+/// virt.c's release retries only the zombies listed before it took the lock, then adds
+/// its own. Two releases at once: G's pass meets E's children still in H, H's release
+/// removes them and retries a zombie list G has not added E to yet, then G adds it.
+/// No instance is left to retry it. (Two releases can also meet on one enclave's
+/// pages, #GP: the kernel warns and keeps the page as a zombie too.) On 6.19 with
+/// EUPDATESVN the EPC is then never empty at a first open again: every later open
+/// fails with EIO, and none can succeed to release the zombie.
+#[test]
+fn two_releases_at_once_can_strand_a_zombie_for_good() {
+    static APART: AtomicUsize = AtomicUsize::new(0);
+    static SILENT: AtomicUsize = AtomicUsize::new(0);
+    let stranded = explore(|seen| {
+        let Guest { dev, g, h } = Guest::on(KernelVersion::EUPDATESVN);
+        dev.set_eupdatesvn(true);
+        let t1 = shuttle::thread::spawn(move || drop(g));
+        let t2 = shuttle::thread::spawn(move || drop(h));
+        t1.join().expect("no panic");
+        t2.join().expect("no panic");
+        dev.check().expect("consistent");
+        let warnings = dev.warnings();
+        assert!(
+            warnings.iter().all(|w| w.ends_with("in release: #GP")),
+            "only conflicts between the two releases: {warnings:?}"
+        );
+        assert_eq!(dev.svn().users, 0, "both instances released");
+        if dev.stats().zombie == 0 {
+            APART.fetch_add(1, Ordering::Relaxed);
+            drop(
+                dev.open()
+                    .expect("an empty EPC: the first open's EUPDATESVN passes"),
+            );
+            return;
+        }
+        seen.fetch_add(1, Ordering::Relaxed);
+        if warnings.is_empty() {
+            SILENT.fetch_add(1, Ordering::Relaxed);
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                dev.open().err(),
+                Some(Errno::EIO),
+                "SGX_EPC_NOT_READY at every open"
+            );
+        }
+        assert!(
+            dev.stats().zombie > 0,
+            "nothing can drain the zombie list now"
+        );
+    });
+    let (apart, silent) = (
+        APART.load(Ordering::Relaxed),
+        SILENT.load(Ordering::Relaxed),
+    );
+    let n = 2 * SCHEDULES;
+    eprintln!(
+        "release vs release: {stranded} of {n} schedules stranded a zombie ({silent} without \
+         any kernel warning), {apart} did not"
+    );
+    assert!(
+        silent > 0,
+        "no schedule stranded a zombie without a warning"
+    );
+    assert!(
+        apart > 0,
+        "every schedule stranded one: the releases never ran apart"
+    );
 }

@@ -41,7 +41,7 @@ fn fault_index_is_pgoff_plus_offset() {
         Some(p),
         "the same index through both mappings"
     );
-    assert_eq!(b.touch(2), Err(Signal::Sigsegv));
+    assert_eq!(b.touch(2), Err(Signal::Sigsegv.into()));
     assert_eq!(
         file.mmap(u64::MAX, Sharing::Shared, 0).err(),
         Some(Errno::ENOMEM)

@@ -100,7 +100,9 @@ fn a_mapping_that_could_run_out_turns_the_device_exact_and_sigbus_lands_where_it
         Stats {
             free: 0,
             used: 16,
-            zombie: 0
+            zombie: 0,
+            poisoned: 0,
+            host: 0,
         }
     );
     assert!(dev.model().check().is_ok());

@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-use super::Device;
+use super::{Device, HostEnclaveId};
 use crate::model::{EpcPage, PageType};
+use crate::sync::Ordering;
 
 /// What the consistency check found wrong: one line per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,13 +20,18 @@ enum Holder {
     Free,
     Instance(u64),
     Zombie,
+    Poisoned,
+    Host(HostEnclaveId),
 }
 
 impl Device {
     /// Checks, with no call running:
-    /// - each page is free, or held by exactly one live instance, or a zombie;
-    ///   nothing leaks, and `free + used + zombie` is the EPC's size;
-    /// - free pages are uninitialized; zombies are valid pages; no page is in use;
+    /// - each page is free, held by exactly one live instance or host enclave, a
+    ///   zombie, or on a poison list; nothing leaks, and the stats add up to the EPC's
+    ///   size;
+    /// - free and poison-list pages are uninitialized, and only poisoned pages are on
+    ///   a poison list; zombies are valid pages; no page is in use;
+    /// - the active list holds only host enclave pages, and its count is right;
     /// - each SECS's child count equals its real children, and its thread count the
     ///   TCS pages with a thread inside; each child's owner is a valid SECS.
     pub fn check(&self) -> Result<(), Inconsistency> {
@@ -67,13 +73,35 @@ impl Device {
                 ));
             }
         }
+        let host = self.host_page_owners();
+        for &(p, id) in &host {
+            claim(p, Holder::Host(id), &mut problems);
+        }
+        for p in self.active_pages() {
+            if !host.iter().any(|&(h, _)| h == p) {
+                problems.push(format!("active page {} belongs to no host enclave", p.0));
+            }
+        }
+        let active = self.active_pages().len() as u64;
+        if self.reclaimable.load(Ordering::Acquire) != active {
+            problems.push(format!(
+                "the active list holds {active} pages, its count says otherwise"
+            ));
+        }
         for i in 0..n {
             let p = EpcPage(i as u32);
-            if epc.is_free(p) {
+            let (free, listed) = (epc.is_free(p), epc.is_on_poison_list(p));
+            if free {
                 claim(p, Holder::Free, &mut problems);
-                if epc.entry(p).valid() {
-                    problems.push(format!("free page {i} is valid: {:?}", epc.entry(p)));
+            }
+            if listed {
+                claim(p, Holder::Poisoned, &mut problems);
+                if !epc.is_poisoned(p) {
+                    problems.push(format!("page {i} is on a poison list without poison"));
                 }
+            }
+            if (free || listed) && epc.entry(p).valid() {
+                problems.push(format!("free page {i} is valid: {:?}", epc.entry(p)));
             }
         }
         for (i, h) in holder.iter().enumerate() {
@@ -83,7 +111,8 @@ impl Device {
         }
 
         let stats = self.stats();
-        if stats.free + stats.used + stats.zombie != u64::from(epc.pages()) || stats.used != used {
+        let sum = stats.free + stats.used + stats.zombie + stats.poisoned + stats.host;
+        if sum != u64::from(epc.pages()) || stats.used != used {
             problems.push(format!(
                 "stats {stats} do not add up: {} pages, {used} held by instances",
                 epc.pages()

@@ -1,14 +1,22 @@
-//! Linux's `/dev/sgx_vepc` driver (`arch/x86/kernel/cpu/sgx/virt.c`), on the model EPC.
+//! Linux's `/dev/sgx_vepc` driver (`arch/x86/kernel/cpu/sgx/virt.c`), on the model EPC,
+//! with the parts of the SGX core (`main.c`) it shares the EPC through.
 //!
 //! - [`Device`]: the device node with the EPC behind it, the global zombie list and
 //!   the kernel version it behaves like;
 //! - [`Vepc`], [`VepcFile`], [`Mapping`]: an instance, its open file and its
 //!   mappings; the instance is released when the last of them is dropped;
 //! - [`Device::check`]: the consistency check any test can call;
-//! - [`vfs`]: the ioctls the VFS answers before the driver sees them.
+//! - [`vfs`]: the ioctls the VFS answers before the driver sees them;
+//! - `reclaim`: `sgx_alloc_epc_page`, host enclaves ([`Device::host_enclave_create`])
+//!   and ksgxd, which writes their pages back when vEPC needs room;
+//! - `memory_failure`: [`Device::memory_failure`], poisoned pages;
+//! - `svn`: SGX users and EUPDATESVN at the first open ([`Device::svn`]).
 
 mod check;
+mod memory_failure;
 mod page_map;
+mod reclaim;
+mod svn;
 mod vepc;
 pub mod vfs;
 
@@ -16,30 +24,50 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
 pub use check::Inconsistency;
+pub use memory_failure::MemoryFailure;
+pub use reclaim::{
+    HostEnclaveId, Ksgxd, ReclaimStats, SGX_NR_HIGH_PAGES, SGX_NR_LOW_PAGES, SGX_NR_TO_SCAN,
+    SGX_VA_SLOT_COUNT,
+};
+pub use svn::{RDRAND_RETRY_LOOPS, Svn};
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelVersion};
 use crate::model::{Epc, EpcPage};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
-/// EPC usage, in pages. `free + used + zombie` is always the EPC's size.
+/// EPC usage, in pages. `free + used + zombie + poisoned + host` is always the EPC's
+/// size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Pages in the free pools.
     pub free: u64,
-    /// Pages held by live instances.
+    /// Pages held by live vEPC instances.
     pub used: u64,
     /// Pages on the zombie list: SECS pages released while children lived elsewhere.
     pub zombie: u64,
+    /// Pages on the poison lists: out of service for good (Linux 5.17+).
+    pub poisoned: u64,
+    /// Pages held by host enclaves (`/dev/sgx_enclave`).
+    pub host: u64,
 }
 
 impl std::fmt::Display for Stats {
+    /// `free=N used=N zombie=N`, then ` poisoned=N` and ` host=N` when not zero, so
+    /// that a host without memory errors or host enclaves reads as it always has.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "free={} used={} zombie={}",
             self.free, self.used, self.zombie
-        )
+        )?;
+        if self.poisoned != 0 {
+            write!(f, " poisoned={}", self.poisoned)?;
+        }
+        if self.host != 0 {
+            write!(f, " host={}", self.host)?;
+        }
+        Ok(())
     }
 }
 
@@ -53,6 +81,12 @@ pub struct Device {
     live: Mutex<BTreeMap<u64, Weak<Vepc>>>,
     next_id: AtomicU64,
     warnings: Mutex<Vec<String>>,
+    /// The reclaimer and the host enclaves.
+    reclaim: Mutex<reclaim::Reclaimer>,
+    /// How many pages are on the active list, read without its lock.
+    reclaimable: AtomicU64,
+    /// SGX users and the security version.
+    svn: Mutex<svn::SvnState>,
 }
 
 impl Device {
@@ -65,6 +99,9 @@ impl Device {
             live: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             warnings: Mutex::new(Vec::new()),
+            reclaim: Mutex::new(reclaim::Reclaimer::default()),
+            reclaimable: AtomicU64::new(0),
+            svn: Mutex::new(svn::SvnState::default()),
         })
     }
 
@@ -108,10 +145,15 @@ impl Device {
     /// node `node` (a VMM pinning the vCPUs of a guest section there, as QEMU's
     /// `sgx-epc.N.node` asks): its faults take EPC from section `node` first, then
     /// from the others, as `sgx_alloc_epc_page` does for the faulting CPU's node.
+    ///
+    /// Since 6.19 an open counts an SGX user; the first user runs EUPDATESVN, which
+    /// can fail the open with `EAGAIN` (no entropy: retry) or `EIO` (the EPC was not
+    /// empty).
     pub fn open_on_node(self: &Arc<Self>, node: usize) -> Result<VepcFile, Errno> {
         if !self.kernel.has_vepc() {
             return Err(Errno::ENOENT);
         }
+        self.inc_usage()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let vepc = Arc::new(Vepc::new(id, Arc::clone(self), node));
         lock(&self.live).insert(id, Arc::downgrade(&vepc));
@@ -122,10 +164,14 @@ impl Device {
     pub fn stats(&self) -> Stats {
         let free = self.epc.free_pages();
         let zombie = lock(&self.zombies).len() as u64;
+        let poisoned = self.epc.poison_list_pages();
+        let host = self.host_pages();
         Stats {
             free,
-            used: u64::from(self.epc.pages()) - free - zombie,
+            used: u64::from(self.epc.pages()).saturating_sub(free + zombie + poisoned + host),
             zombie,
+            poisoned,
+            host,
         }
     }
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::Device;
 use super::page_map::PageMap;
+use super::reclaim::AllocError;
 use super::vfs::{Caller, Vfs, do_vfs_ioctl};
-use crate::abi::{EnclsError, Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
+use crate::abi::{EnclsError, Errno, FaultError, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
 use crate::sync::Mutex;
 
@@ -98,9 +99,15 @@ impl Vepc {
         size_of::<Self>() + self.pages.heap_bytes()
     }
 
-    /// `__sgx_vepc_fault`: back `index` with a free EPC page unless it has one. vEPC
-    /// never reclaims, so with no free page the access gets SIGBUS.
-    pub fn fault(&self, index: u64) -> Result<EpcPage, Signal> {
+    /// `sgx_vepc_fault`: back `index` with an EPC page unless it has one, from
+    /// `sgx_alloc_epc_page(vepc, false)`: vEPC never reclaims for itself. No free page
+    /// and nothing reclaimable: `ENOMEM`, the access gets `SIGBUS`. No free page but
+    /// host enclave pages ksgxd can write back: `EBUSY`, and the fault is retried
+    /// (`VM_FAULT_RETRY`) once ksgxd, woken by the allocation, has freed pages; if
+    /// ksgxd was not woken (the poison lists count as free, see
+    /// [`crate::model::Epc::nr_free_pages`]), the retries never end:
+    /// [`FaultError::Hang`].
+    pub fn fault(&self, index: u64) -> Result<EpcPage, FaultError> {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
@@ -108,11 +115,19 @@ impl Vepc {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
-        let p = self
-            .device
-            .epc()
-            .alloc_page_near(self.node)
-            .ok_or(Signal::Sigbus)?;
+        let p = loop {
+            match self.device.alloc_epc_page(self.node, false) {
+                Ok(p) => break p,
+                Err(AllocError::NoMemory) => return Err(Signal::Sigbus.into()),
+                // VM_FAULT_RETRY: the access comes back once ksgxd, if the allocation
+                // woke it, has written pages back; if it did not, nothing changes.
+                Err(AllocError::Busy) => {
+                    if !self.device.wait_for_ksgxd() {
+                        return Err(FaultError::Hang);
+                    }
+                }
+            }
+        };
         self.pages.insert(index, p);
         Ok(p)
     }
@@ -120,8 +135,12 @@ impl Vepc {
     /// Faults in every index of `start..start + count` in order, as `MAP_POPULATE` or
     /// a guest touching each page would: the same pages as that many
     /// [`fault`](Self::fault) calls, taken from the pools in batches. Stops with
-    /// `SIGBUS` at the first index no free EPC page is left for.
-    pub fn populate(&self, start: u64, count: u64) -> Result<(), Signal> {
+    /// `SIGBUS` at the first index no free EPC page is left for. With host enclave
+    /// pages to reclaim, each index goes through [`fault`](Self::fault) instead.
+    pub fn populate(&self, start: u64, count: u64) -> Result<(), FaultError> {
+        if self.device.has_reclaimable() {
+            return (start..start.saturating_add(count)).try_for_each(|i| self.fault(i).map(drop));
+        }
         let _guard = crate::sync::lock(&self.fault_lock);
         let epc = self.device.epc();
         let mut batch: Vec<EpcPage> = Vec::with_capacity(4096);
@@ -137,7 +156,7 @@ impl Vepc {
                 at += 1;
                 p
             })
-            .map_err(|_| Signal::Sigbus)?;
+            .map_err(|_| FaultError::Signal(Signal::Sigbus))?;
         // Pages taken for the batch but not needed go back.
         epc.free_pages_batch(batch.get(at..).unwrap_or_default());
         Ok(())
@@ -230,6 +249,7 @@ impl Drop for Vepc {
         drop(sweep);
 
         device.retry_zombies(secs_pages);
+        device.dec_usage();
     }
 }
 
@@ -331,17 +351,26 @@ impl Mapping {
         self.pgoff
     }
 
-    /// A touch of the mapping's `page`-th page: `SIGSEGV` outside the mapping,
-    /// otherwise the fault of index `pgoff + page`.
-    pub fn touch(&self, page: u64) -> Result<EpcPage, Signal> {
+    /// An access to the mapping's `page`-th page that reads it: `SIGSEGV` outside
+    /// the mapping, otherwise the fault of index `pgoff + page`, then the read, which
+    /// gets `SIGBUS` (`SI_KERNEL`) if the page's memory is poisoned.
+    pub fn touch(&self, page: u64) -> Result<EpcPage, FaultError> {
+        let p = self.fault_in(page)?;
+        self.vepc.device.consume(p)?;
+        Ok(p)
+    }
+
+    /// The fault of the mapping's `page`-th page, without reading it (what an ENCLS
+    /// leaf on the page needs: the model's leaves work on the EPCM and read no data).
+    pub fn fault_in(&self, page: u64) -> Result<EpcPage, FaultError> {
         if page >= self.pages {
-            return Err(Signal::Sigsegv);
+            return Err(Signal::Sigsegv.into());
         }
         self.vepc.fault(self.pgoff + page)
     }
 
     /// Faults in every page of the mapping, as `MAP_POPULATE` does.
-    pub fn populate(&self) -> Result<(), Signal> {
+    pub fn populate(&self) -> Result<(), FaultError> {
         self.vepc.populate(self.pgoff, self.pages)
     }
 

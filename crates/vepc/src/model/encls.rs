@@ -27,6 +27,25 @@ impl From<AddType> for PageType {
 }
 
 impl Epc {
+    /// EWB's effect on the EPCM, as the host driver's reclaimer uses it on host
+    /// enclaves' pages: the page is written out to regular memory and becomes invalid;
+    /// a child's SECS loses a child. The model folds in the EBLOCK and ETRACK that come
+    /// first and keeps no contents or version: what it keeps is what decides EREMOVE.
+    /// `#PF` if the page is not valid or is a VA page (the kernel never evicts those),
+    /// `SGX_CHILD_PRESENT` for a SECS that still has children, `SGX_NOT_TRACKED` for a
+    /// child of an enclave a thread is inside, `#GP` on a conflict.
+    pub fn ewb(&self, page: EpcPage) -> Result<(), EnclsError> {
+        let e = self.entry(page);
+        if !e.valid() || e.is(PageType::Va) {
+            return Err(EnclsError::PF);
+        }
+        if e.is_child() && self.entry(e.owner()).threads() > 0 {
+            return Err(EnclsError::Code(crate::abi::SgxCode::NotTracked));
+        }
+        // Without a thread inside, EWB changes the EPCM as EREMOVE does.
+        self.eremove(page)
+    }
+
     /// ECREATE: `page` becomes the SECS of a new, uninitialized enclave.
     /// `#GP` if another leaf is on the page, `#PF` if it is already valid.
     pub fn ecreate(&self, page: EpcPage) -> Result<(), EnclsError> {

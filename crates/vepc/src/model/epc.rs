@@ -16,10 +16,12 @@
 //! for anything and there is no lock order to get wrong. (EEXIT is the exception: it
 //! is the thread's own way out and waits for the SECS, which is held only briefly.)
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::epcm::{Entry, EpcPage, PageType};
 use super::pool::FreePool;
+use super::pool::Poisoning;
 use crate::abi::{EnclsError, PAGE_SIZE};
 use crate::number::{NumberError, parse_size};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, lock};
@@ -115,6 +117,12 @@ pub struct Epc {
     sections: Box<[Section]>,
     /// Simulated time one EREMOVE takes, in nanoseconds (0: as fast as the model is).
     eremove_cost_ns: AtomicU64,
+    /// Pages whose memory has an uncorrected error: reading them raises a machine
+    /// check, whatever the kernel knows of it. (The kernel's own mark is
+    /// `page->poison`, kept with the free pools.)
+    bad: Mutex<BTreeSet<u32>>,
+    /// `bad.len()`, read without the lock on every guest access.
+    bad_count: AtomicU64,
 }
 
 impl Epc {
@@ -190,6 +198,8 @@ impl Epc {
             epcm,
             sections,
             eremove_cost_ns: AtomicU64::new(0),
+            bad: Mutex::new(BTreeSet::new()),
+            bad_count: AtomicU64::new(0),
         })
     }
 
@@ -289,6 +299,64 @@ impl Epc {
         }
     }
 
+    /// The memory of page `p` fails (an uncorrected error): from now on, reading it
+    /// raises a machine check. Whether the kernel hears of it is the kernel's
+    /// business. `false` if it had failed already.
+    pub fn fail_memory(&self, p: EpcPage) -> bool {
+        let new = lock(&self.bad).insert(p.0);
+        if new {
+            self.bad_count.fetch_add(1, Ordering::Relaxed);
+        }
+        new
+    }
+
+    /// Whether reading page `p` raises a machine check.
+    pub fn is_bad(&self, p: EpcPage) -> bool {
+        self.bad_count.load(Ordering::Relaxed) != 0 && lock(&self.bad).contains(&p.0)
+    }
+
+    /// Sets the kernel's `page->poison` on `p`, as `arch_memory_failure` does under
+    /// the node's lock: a free page moves to the poison list at once, a page in use
+    /// when it is freed.
+    pub fn poison(&self, p: EpcPage) -> Poisoning {
+        match self.section_of(p) {
+            Some(s) => s.pool().poison(p),
+            None => Poisoning::Already,
+        }
+    }
+
+    /// Whether the kernel's `page->poison` is set on `p`.
+    pub fn is_poisoned(&self, p: EpcPage) -> bool {
+        self.section_of(p).is_some_and(|s| s.pool().is_poisoned(p))
+    }
+
+    /// Whether `p` is on its section's poison list.
+    pub fn is_on_poison_list(&self, p: EpcPage) -> bool {
+        self.section_of(p)
+            .is_some_and(|s| s.pool().is_on_poison_list(p))
+    }
+
+    /// Pages on the poison lists: out of service for good.
+    pub fn poison_list_pages(&self) -> u64 {
+        self.sections
+            .iter()
+            .map(|s| u64::from(s.pool().poison_list_len()))
+            .sum()
+    }
+
+    /// The kernel's `sgx_nr_free_pages`, which the reclaimer's watermarks read. It
+    /// counts the poison lists too: `sgx_free_epc_page` adds one for a poisoned page
+    /// it puts there, and `arch_memory_failure` takes none off for a free page it
+    /// moves there (arch/x86/kernel/cpu/sgx/main.c, every version since 5.17).
+    pub fn nr_free_pages(&self) -> u64 {
+        self.free_pages() + self.poison_list_pages()
+    }
+
+    /// Whether any EPCM entry is valid: EUPDATESVN needs none to be.
+    pub fn any_valid(&self) -> bool {
+        (0..self.pages()).any(|i| self.entry(EpcPage(i)).valid())
+    }
+
     /// Free pages in all sections.
     pub fn free_pages(&self) -> u64 {
         self.sections
@@ -333,7 +401,8 @@ impl Epc {
 
     /// Model memory held by the EPC, in bytes (EPCM and free bitmaps).
     pub fn heap_bytes(&self) -> usize {
-        self.epcm.len() * size_of::<AtomicU64>()
+        self.bad_count.load(Ordering::Relaxed) as usize * 8
+            + self.epcm.len() * size_of::<AtomicU64>()
             + self
                 .sections
                 .iter()

@@ -4,8 +4,10 @@
 //! - `epcm`: the packed EPCM [`Entry`] of one page;
 //! - `epc`: the [`Epc`], its [`Section`]s and free pools, and the locking rules that
 //!   make leaves atomic;
-//! - `encls`: ECREATE, EADD, EPA, EINIT, EENTER, EEXIT (methods of [`Epc`]);
-//! - `eremove`: EREMOVE and the [`Sweep`] that runs it over many pages.
+//! - `encls`: ECREATE, EADD, EPA, EINIT, EENTER, EEXIT, and EWB's effect (methods of
+//!   [`Epc`]);
+//! - `eremove`: EREMOVE and the [`Sweep`] that runs it over many pages;
+//! - `pool`: a section's free pages and poison list ([`Poisoning`]).
 //!
 //! As in [`crate::driver`], the submodules are private and their items are used from
 //! here: one path per item.
@@ -20,3 +22,4 @@ pub use encls::AddType;
 pub use epc::{EPC_PHYS_BASE, Epc, EpcError, MAX_EPC_PAGES, Section};
 pub use epcm::{Entry, EpcPage, MAX_THREADS, PageType};
 pub use eremove::Sweep;
+pub use pool::Poisoning;

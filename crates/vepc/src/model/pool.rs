@@ -1,8 +1,11 @@
-//! The free pages of one EPC section: a bitmap (1 = free) with a rotating cursor.
+//! The free pages of one EPC section: a bitmap (1 = free) with a rotating cursor, and
+//! the section's poison list.
 //!
 //! A bitmap costs 1/8 byte per page where a free list of page numbers would cost 4,
 //! and the cursor keeps allocation amortized O(1) for the common patterns (fill up,
-//! then free everything).
+//! then free everything). Poisoned pages are rare, so they are kept in sets.
+
+use std::collections::BTreeSet;
 
 use super::epcm::EpcPage;
 
@@ -12,6 +15,21 @@ pub(crate) struct FreePool {
     words: Vec<u64>,
     cursor: usize,
     free: u32,
+    /// Pages with the kernel's `page->poison` set, free or in use.
+    poisoned: BTreeSet<u32>,
+    /// Of those, the ones on the node's `sgx_poison_page_list`: out of service.
+    poison_list: BTreeSet<u32>,
+}
+
+/// What marking a page poisoned did (`arch_memory_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poisoning {
+    /// It was poisoned already: nothing more to do.
+    Already,
+    /// It was free: it moved to the poison list and is never handed out again.
+    WasFree,
+    /// It is in use: it stays with its owner, and goes to the poison list when freed.
+    InUse,
 }
 
 impl FreePool {
@@ -30,6 +48,8 @@ impl FreePool {
             words,
             cursor: 0,
             free: pages,
+            poisoned: BTreeSet::new(),
+            poison_list: BTreeSet::new(),
         }
     }
 
@@ -89,8 +109,13 @@ impl FreePool {
         self.cursor = (self.cursor + step) % n.max(1);
     }
 
-    /// Returns a page taken by [`alloc`](Self::alloc).
+    /// Returns a page taken by [`alloc`](Self::alloc), as `sgx_free_epc_page` does: to
+    /// the free pages, or to the poison list if it is poisoned.
     pub(crate) fn release(&mut self, p: EpcPage) {
+        if self.poisoned.contains(&p.0) {
+            self.poison_list.insert(p.0);
+            return;
+        }
         let i = (p.0 - self.first) as usize;
         let bit = 1 << (i % 64);
         debug_assert!(
@@ -102,8 +127,39 @@ impl FreePool {
         self.free += 1;
     }
 
+    /// Sets `page->poison`: a free page leaves the free pages for the poison list.
+    pub(crate) fn poison(&mut self, p: EpcPage) -> Poisoning {
+        if !self.poisoned.insert(p.0) {
+            return Poisoning::Already;
+        }
+        if !self.is_free(p) {
+            return Poisoning::InUse;
+        }
+        let i = (p.0 - self.first) as usize;
+        self.words[i / 64] &= !(1 << (i % 64));
+        self.free -= 1;
+        self.poison_list.insert(p.0);
+        Poisoning::WasFree
+    }
+
+    /// Whether `page->poison` is set.
+    pub(crate) fn is_poisoned(&self, p: EpcPage) -> bool {
+        self.poisoned.contains(&p.0)
+    }
+
+    /// Whether the page is on the poison list.
+    pub(crate) fn is_on_poison_list(&self, p: EpcPage) -> bool {
+        self.poison_list.contains(&p.0)
+    }
+
+    /// How many pages are on the poison list.
+    pub(crate) fn poison_list_len(&self) -> u32 {
+        self.poison_list.len() as u32
+    }
+
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.words.capacity() * 8
+        // A B-tree node holds up to 11 keys: about 8 bytes a key, all told.
+        self.words.capacity() * 8 + (self.poisoned.len() + self.poison_list.len()) * 8
     }
 }
 
@@ -123,5 +179,23 @@ mod tests {
         pool.release(EpcPage(229));
         assert!(pool.is_free(EpcPage(229)) && !pool.is_free(EpcPage(100)));
         assert_eq!(pool.alloc(), Some(EpcPage(229)));
+    }
+
+    #[test]
+    fn poisoned_pages_leave_service_free_or_at_release() {
+        let mut pool = FreePool::new(0, 4);
+        assert_eq!(pool.poison(EpcPage(0)), Poisoning::WasFree);
+        assert_eq!(pool.poison(EpcPage(0)), Poisoning::Already);
+        assert_eq!((pool.free_count(), pool.poison_list_len()), (3, 1));
+        let taken: Vec<u32> = std::iter::from_fn(|| pool.alloc()).map(|p| p.0).collect();
+        assert_eq!(taken, [1, 2, 3], "a poisoned free page is never handed out");
+        assert_eq!(pool.poison(EpcPage(2)), Poisoning::InUse);
+        assert!(pool.is_poisoned(EpcPage(2)) && !pool.is_on_poison_list(EpcPage(2)));
+        pool.release(EpcPage(2));
+        pool.release(EpcPage(3));
+        assert!(pool.is_on_poison_list(EpcPage(2)) && !pool.is_free(EpcPage(2)));
+        assert_eq!((pool.free_count(), pool.poison_list_len()), (1, 2));
+        assert_eq!(pool.alloc(), Some(EpcPage(3)));
+        assert_eq!(pool.alloc(), None);
     }
 }

@@ -94,6 +94,32 @@ pub enum Command {
     Reset(Vec<String>),
     Stats,
     Expect(String),
+    /// `poison N`: an uncorrected memory error in EPC page N, found asynchronously.
+    PoisonPage(u64),
+    /// `poison FD PAGE`: the same in the EPC page behind that page of the mapping.
+    Poison {
+        fd: String,
+        page: u64,
+    },
+    /// `host-enclave NAME SIZE`: a host process builds an enclave of SIZE bytes.
+    HostEnclave {
+        name: String,
+        size: u64,
+    },
+    /// `host-close NAME`: that process closes it.
+    HostClose(String),
+    /// `reclaimer`: what the reclaimer has done.
+    Reclaimer,
+    /// `cpu eupdatesvn`: the CPU has EUPDATESVN.
+    CpuEupdatesvn,
+    /// `ksgxd eager|lazy`: when a woken ksgxd runs.
+    Ksgxd(crate::driver::Ksgxd),
+    /// `microcode SVN`: a late microcode load with that SVN.
+    Microcode(u64),
+    /// `no-entropy N`: the next N EUPDATESVN executions find no entropy.
+    NoEntropy(u64),
+    /// `svn`: the security version and the SGX users.
+    Svn,
 }
 
 /// Default EPC when a script has no `epc` line.
@@ -166,8 +192,9 @@ fn is_fault_word(rest: &str) -> bool {
     word.len() > 1 && word[1..].chars().all(|c| c.is_ascii_uppercase())
 }
 
-const COMMANDS: &str = "epc, kernel, open, mmap, touch, ecreate, eadd, epa, einit, eenter, \
-                        eexit, eremove, ioctl, close, reset, stats, expect";
+const COMMANDS: &str = "epc, kernel, cpu, ksgxd, open, mmap, touch, ecreate, eadd, epa, einit, \
+                        eenter, eexit, eremove, ioctl, close, reset, stats, expect, poison, \
+                        host-enclave, host-close, reclaimer, microcode, no-entropy, svn";
 
 struct Line<'a> {
     line: usize,
@@ -239,6 +266,7 @@ impl<'a> Line<'a> {
 struct Scope {
     fds: HashSet<String>,
     enclaves: HashSet<String>,
+    hosts: HashSet<String>,
     commands: usize,
     opened: bool,
     has_epc: bool,
@@ -353,6 +381,29 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
         }
         "stats" => (Command::Stats, 1),
         "expect" => expect_line(l, scope, first)?,
+        "poison" => poison_line(l, scope)?,
+        "host-enclave" => {
+            let (name, size) = (l.name(1, "a host enclave name")?, l.size(2)?);
+            scope.hosts.insert(name.clone());
+            scope.opened = true;
+            (Command::HostEnclave { name, size }, 3)
+        }
+        "host-close" => {
+            let name = l.name(1, "a host enclave name")?;
+            if !scope.hosts.contains(&name) {
+                return Err(l.err(
+                    l.words[1].col,
+                    format!("unknown host enclave '{name}': no earlier `host-enclave {name}`"),
+                ));
+            }
+            (Command::HostClose(name), 2)
+        }
+        "reclaimer" => (Command::Reclaimer, 1),
+        "cpu" => cpu_line(l, scope, first)?,
+        "ksgxd" => ksgxd_line(l, scope, first)?,
+        "microcode" => (Command::Microcode(l.number(1, "an SVN number")?), 2),
+        "no-entropy" => (Command::NoEntropy(l.number(1, "a count")?), 2),
+        "svn" => (Command::Svn, 1),
         other => {
             return Err(l.err(
                 first.col,
@@ -401,6 +452,51 @@ fn kernel_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
         )
     })?;
     Ok((Command::Kernel(v), 2))
+}
+
+/// `cpu eupdatesvn`: only before the first `open`, like `kernel`.
+fn cpu_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
+    if scope.opened {
+        return Err(l.err(first.col, "`cpu` must come before the first `open`"));
+    }
+    let w = l.word(1, "a CPU feature (`eupdatesvn`)")?;
+    if w.text != "eupdatesvn" {
+        return Err(l.err(
+            w.col,
+            format!("expected the CPU feature `eupdatesvn`, found '{}'", w.text),
+        ));
+    }
+    Ok((Command::CpuEupdatesvn, 2))
+}
+
+/// `ksgxd eager|lazy`: only before the first `open`, like `kernel`.
+fn ksgxd_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
+    if scope.opened {
+        return Err(l.err(first.col, "`ksgxd` must come before the first `open`"));
+    }
+    let w = l.word(1, "`eager` or `lazy`")?;
+    let when = match w.text {
+        "eager" => crate::driver::Ksgxd::Eager,
+        "lazy" => crate::driver::Ksgxd::Lazy,
+        other => {
+            return Err(l.err(
+                w.col,
+                format!("expected `eager` or `lazy`, found '{other}'"),
+            ));
+        }
+    };
+    Ok((Command::Ksgxd(when), 2))
+}
+
+/// `poison N` (an EPC page number: it starts with a digit, a name cannot) or
+/// `poison FD PAGE`.
+fn poison_line(l: &Line<'_>, scope: &Scope) -> Parsed {
+    let w = l.word(1, "an EPC page number, or FD PAGE")?;
+    if w.text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Ok((Command::PoisonPage(l.number(1, "an EPC page number")?), 2));
+    }
+    let (fd, page) = (scope.fd(l, 1)?, l.number(2, PAGE_WHAT)?);
+    Ok((Command::Poison { fd, page }, 3))
 }
 
 /// `mmap FD SIZE [private]`.

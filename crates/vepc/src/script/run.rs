@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::parse::{Command, Script, Step};
-use crate::abi::{Errno, Signal};
+use crate::abi::{Errno, FaultError, PAGE_SIZE, Signal};
 use crate::device::ModelSection;
 use crate::driver::vfs::ScriptCaller;
-use crate::driver::{Device, Sharing, VepcFile};
+use crate::driver::{Device, HostEnclaveId, Sharing, VepcFile};
 use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
 
@@ -77,6 +77,8 @@ pub struct Runner {
     names: HashMap<String, usize>,
     /// Enclave name → (FD slot, page): the guest's pointer to its SECS.
     enclaves: HashMap<String, (usize, u64)>,
+    /// Host enclave name → the live enclave (`None` once closed or never built).
+    hosts: HashMap<String, Option<HostEnclaveId>>,
     check_each_step: bool,
 }
 
@@ -90,6 +92,7 @@ impl Runner {
             fds: Vec::new(),
             names: HashMap::new(),
             enclaves: HashMap::new(),
+            hosts: HashMap::new(),
             check_each_step: false,
         })
     }
@@ -111,6 +114,7 @@ impl Runner {
             fds: slots,
             names,
             enclaves: HashMap::new(),
+            hosts: HashMap::new(),
             check_each_step: false,
         }
     }
@@ -193,7 +197,9 @@ impl Runner {
                 Ok("ok".into())
             }
             Command::Touch { fd, page } => {
-                self.guest_page(self.slot(fd), *page).map(|_| "ok".into())
+                let slot = self.slot(fd);
+                let map = self.mapping_of(slot, *page)?;
+                map.touch(*page).map(|_| "ok".into()).map_err(Fail::from)
             }
             Command::Ecreate { fd, page, encl } => {
                 let slot = self.slot(fd);
@@ -243,7 +249,67 @@ impl Runner {
             Command::Reset(names) => self.reset(names),
             Command::Stats => Ok(self.device.stats().to_string()),
             Command::Expect(_) => Ok("ok".into()),
+            Command::PoisonPage(n) => {
+                let paddr = u32::try_from(*n)
+                    .map(|n| epc.page_addr(EpcPage(n)))
+                    .unwrap_or(u64::MAX);
+                self.poison(paddr)
+            }
+            Command::Poison { fd, page } => {
+                let slot = self.slot(fd);
+                let backing = self.mapping_of(slot, *page)?.backing(*page);
+                // No EPC page behind it: nothing for the error to be in.
+                let p = backing.ok_or(Fail::Errno(Errno::ENXIO))?;
+                self.poison(epc.page_addr(p))
+            }
+            Command::HostEnclave { name, size } => {
+                let built = self.device.host_enclave_create(size.div_ceil(PAGE_SIZE));
+                self.hosts.insert(name.clone(), built.ok());
+                built.map(|_| "ok".into()).map_err(Fail::Errno)
+            }
+            Command::HostClose(name) => {
+                let id = self.hosts.get_mut(name).and_then(Option::take);
+                let id = id.ok_or(Fail::Errno(Errno::EBADF))?;
+                self.device.host_enclave_release(id);
+                Ok("ok".into())
+            }
+            Command::Reclaimer => {
+                let r = self.device.reclaim_stats();
+                Ok(format!(
+                    "written-back={} wakeups={} retries={}",
+                    r.written_back, r.ksgxd_wakeups, r.fault_retries
+                ))
+            }
+            Command::CpuEupdatesvn => {
+                self.device.set_eupdatesvn(true);
+                Ok("ok".into())
+            }
+            Command::Ksgxd(when) => {
+                self.device.set_ksgxd(*when);
+                Ok("ok".into())
+            }
+            Command::Microcode(svn) => {
+                self.device
+                    .load_microcode(u32::try_from(*svn).unwrap_or(u32::MAX));
+                Ok("ok".into())
+            }
+            Command::NoEntropy(n) => {
+                self.device
+                    .fail_entropy(u32::try_from(*n).unwrap_or(u32::MAX));
+                Ok("ok".into())
+            }
+            Command::Svn => Ok(self.device.svn().to_string()),
         }
+    }
+
+    /// An asynchronous memory error at `paddr`: `ok` once the kernel has isolated the
+    /// page, `ENXIO` where it cannot (no EPC page there, or a kernel before 5.17).
+    fn poison(&self, paddr: u64) -> Result<String, Fail> {
+        self.device
+            .memory_failure(paddr, false)
+            .handled
+            .map(|_| "ok".into())
+            .map_err(Fail::Errno)
     }
 
     fn slot(&self, fd: &str) -> usize {
@@ -289,19 +355,23 @@ impl Runner {
         }
     }
 
-    /// The guest's access to `page` of the FD's mapping: faults it in. `SIGSEGV`
-    /// when no mapping of that FD covers it (none made, or closed since).
+    /// The guest's ENCLS leaf on `page` of the FD's mapping: faults it in (the leaf
+    /// reads no data, so a poisoned page does not stop it).
     fn guest_page(&self, slot: usize, page: u64) -> Result<EpcPage, Fail> {
+        Ok(self.mapping_of(slot, page)?.fault_in(page)?)
+    }
+
+    /// The FD's mapping that covers `page`: `SIGSEGV` when none does (none made, or
+    /// closed since).
+    fn mapping_of(&self, slot: usize, page: u64) -> Result<&crate::driver::Mapping, Fail> {
         let maps = self
             .fds
             .get(slot)
             .and_then(Option::as_ref)
             .map_or(&[][..], |f| &f.maps[..]);
-        let map = maps
-            .iter()
+        maps.iter()
             .find(|m| page < m.pages())
-            .ok_or(Fail::Signal(Signal::Sigsegv))?;
-        Ok(map.touch(page)?)
+            .ok_or(Fail::Signal(Signal::Sigsegv))
     }
 
     fn secs(&self, encl: &str) -> Result<EpcPage, Fail> {
@@ -335,6 +405,17 @@ enum Fail {
     Errno(#[from] Errno),
     #[error(transparent)]
     Signal(#[from] Signal),
+    #[error("HANG")]
+    Hang,
     #[error(transparent)]
     Encls(#[from] crate::abi::EnclsError),
+}
+
+impl From<FaultError> for Fail {
+    fn from(e: FaultError) -> Self {
+        match e {
+            FaultError::Signal(s) => Self::Signal(s),
+            FaultError::Hang => Self::Hang,
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! needed, so there is no counter to get wrong. It shares nothing with the model but
 //! the parsed script.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use vepc::driver::Ksgxd;
 use vepc::script::{Command, Script};
 
 type Page = usize;
@@ -42,6 +43,16 @@ struct Instance {
     maps: Vec<u64>,
 }
 
+/// A host enclave (`/dev/sgx_enclave`), as main.c and encl.c keep it.
+#[derive(Debug, Default)]
+struct Host {
+    secs: Option<Page>,
+    children: BTreeSet<Page>,
+    va: Vec<Page>,
+    page_cnt: u64,
+    initialized: bool,
+}
+
 /// The reference device and the process using it.
 #[derive(Debug)]
 pub struct Reference {
@@ -52,6 +63,25 @@ pub struct Reference {
     fds: Vec<Option<Instance>>,
     names: HashMap<String, usize>,
     enclaves: HashMap<String, (usize, u64)>,
+    /// Pages whose memory is bad; of those, the ones with `page->poison`; of those,
+    /// the ones on a poison list.
+    bad: BTreeSet<Page>,
+    flagged: BTreeSet<Page>,
+    poison_list: BTreeSet<Page>,
+    /// `sgx_active_page_list`, oldest first, with each page's host enclave.
+    active: VecDeque<(Page, usize)>,
+    hosts: Vec<Option<Host>>,
+    host_names: HashMap<String, usize>,
+    written_back: u64,
+    wakeups: u64,
+    retries: u64,
+    lazy: bool,
+    woken: bool,
+    eupdatesvn: bool,
+    cpusvn: u64,
+    microcode: u64,
+    users: u64,
+    no_entropy: u64,
 }
 
 const PAGE: u64 = 4096;
@@ -69,6 +99,22 @@ impl Reference {
             fds: Vec::new(),
             names: HashMap::new(),
             enclaves: HashMap::new(),
+            bad: BTreeSet::new(),
+            flagged: BTreeSet::new(),
+            poison_list: BTreeSet::new(),
+            active: VecDeque::new(),
+            hosts: Vec::new(),
+            host_names: HashMap::new(),
+            written_back: 0,
+            wakeups: 0,
+            retries: 0,
+            lazy: false,
+            woken: false,
+            eupdatesvn: false,
+            cpusvn: 1,
+            microcode: 1,
+            users: 0,
+            no_entropy: 0,
         }
     }
 
@@ -87,10 +133,14 @@ impl Reference {
         match c {
             Command::Epc(_) | Command::Kernel(_) | Command::Expect(_) => "ok".into(),
             Command::Open(name) => {
-                let ok = self.kernel >= (5, 13);
-                self.fds.push(ok.then(Instance::default));
+                let answer = if self.kernel < (5, 13) {
+                    Err("ENOENT")
+                } else {
+                    self.new_user()
+                };
+                self.fds.push(answer.is_ok().then(Instance::default));
                 self.names.insert(name.clone(), self.fds.len() - 1);
-                if ok { "ok".into() } else { "ENOENT".into() }
+                answer.map_or_else(String::from, |()| "ok".into())
             }
             Command::Mmap { fd, size, private } => {
                 let slot = self.names[fd];
@@ -110,6 +160,12 @@ impl Reference {
                 "ok".into()
             }
             Command::Touch { fd, page } => match self.access(self.names[fd], *page) {
+                // The read of a bad page: a machine check, then force_sig(SIGBUS).
+                Ok(p) if self.bad.contains(&p) => {
+                    // Reported to the kernel (ENXIO before 5.17); the signal comes either way.
+                    let _ = self.memory_error(p);
+                    "SIGBUS/SI_KERNEL".into()
+                }
                 Ok(_) => "ok".into(),
                 Err(s) => s,
             },
@@ -169,10 +225,256 @@ impl Reference {
             Command::Stats => {
                 let free = self.free.len();
                 let zombie = self.zombies.len();
-                let used = self.epcm.len() - free - zombie;
-                format!("free={free} used={used} zombie={zombie}")
+                let poisoned = self.poison_list.len();
+                let host: usize = self
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .map(|h| h.children.len() + h.va.len() + usize::from(h.secs.is_some()))
+                    .sum();
+                let used = self.epcm.len() - free - zombie - poisoned - host;
+                let mut s = format!("free={free} used={used} zombie={zombie}");
+                if poisoned > 0 {
+                    s += &format!(" poisoned={poisoned}");
+                }
+                if host > 0 {
+                    s += &format!(" host={host}");
+                }
+                s
+            }
+            Command::PoisonPage(n) => {
+                if *n >= self.epcm.len() as u64 {
+                    return "ENXIO".into();
+                }
+                self.poison(*n as Page)
+            }
+            Command::Poison { fd, page } => {
+                let backing = self.fds[self.names[fd]]
+                    .as_ref()
+                    .filter(|i| i.maps.iter().any(|&len| *page < len))
+                    .map(|i| i.pages.get(page).copied());
+                match backing {
+                    None => "SIGSEGV".into(),
+                    Some(None) => "ENXIO".into(),
+                    Some(Some(p)) => self.poison(p),
+                }
+            }
+            Command::HostEnclave { name, size } => {
+                let built = self.host_create(size.div_ceil(PAGE));
+                self.host_names
+                    .insert(name.clone(), *built.as_ref().unwrap_or(&usize::MAX));
+                built.map_or_else(String::from, |_| "ok".into())
+            }
+            Command::HostClose(name) => {
+                let slot = self.host_names[name];
+                match self.hosts.get_mut(slot).and_then(Option::take) {
+                    None => "EBADF".into(),
+                    Some(h) => {
+                        self.host_release(slot, h);
+                        "ok".into()
+                    }
+                }
+            }
+            Command::Reclaimer => format!(
+                "written-back={} wakeups={} retries={}",
+                self.written_back, self.wakeups, self.retries
+            ),
+            Command::CpuEupdatesvn => {
+                self.eupdatesvn = true;
+                "ok".into()
+            }
+            Command::Ksgxd(when) => {
+                self.lazy = *when == Ksgxd::Lazy;
+                "ok".into()
+            }
+            Command::Microcode(n) => {
+                self.microcode = self.microcode.max((*n).min(u64::from(u32::MAX)));
+                "ok".into()
+            }
+            Command::NoEntropy(n) => {
+                self.no_entropy = (*n).min(u64::from(u32::MAX));
+                "ok".into()
+            }
+            Command::Svn => format!(
+                "cpusvn={} microcode={} users={}",
+                self.cpusvn, self.microcode, self.users
+            ),
+        }
+    }
+
+    /// A memory error in page `p` reported to the kernel: since 5.17 `page->poison`,
+    /// and a free page leaves for the poison list; a reclaimable one leaves the active
+    /// list. Before 5.17 the kernel does not know the page: ENXIO.
+    fn memory_error(&mut self, p: Page) -> Result<(), &'static str> {
+        self.bad.insert(p);
+        if self.kernel < (5, 17) {
+            return Err("ENXIO");
+        }
+        if self.flagged.insert(p) {
+            if self.free.remove(&p) {
+                self.poison_list.insert(p);
+            }
+            self.active.retain(|&(a, _)| a != p);
+        }
+        Ok(())
+    }
+
+    fn poison(&mut self, p: Page) -> String {
+        self.memory_error(p)
+            .map_or_else(String::from, |()| "ok".into())
+    }
+
+    /// `sgx_free_epc_page`.
+    fn free_page(&mut self, p: Page) {
+        if self.flagged.contains(&p) {
+            self.poison_list.insert(p);
+        } else {
+            self.free.insert(p);
+        }
+    }
+
+    /// `sgx_should_reclaim`: `sgx_nr_free_pages` counts the poison lists too.
+    fn should_reclaim(&self, watermark: usize) -> bool {
+        self.free.len() + self.poison_list.len() < watermark && !self.active.is_empty()
+    }
+
+    /// `sgx_alloc_epc_page(owner, reclaim)`.
+    fn alloc(&mut self, reclaim: bool) -> Result<Page, &'static str> {
+        let got = loop {
+            if let Some(p) = self.free.pop_first() {
+                break Ok(p);
+            }
+            if self.active.is_empty() {
+                return Err("ENOMEM");
+            }
+            if !reclaim {
+                break Err("EBUSY");
+            }
+            self.reclaim_pages();
+        };
+        if self.should_reclaim(32) {
+            self.wakeups += u64::from(!self.lazy || !self.woken);
+            if self.lazy {
+                self.woken = true;
+            } else {
+                self.ksgxd();
             }
         }
+        got
+    }
+
+    fn ksgxd(&mut self) {
+        while self.should_reclaim(64) {
+            self.reclaim_pages();
+        }
+    }
+
+    /// The 16 oldest active pages are written back; an initialized enclave's SECS
+    /// follows its last child.
+    fn reclaim_pages(&mut self) {
+        for _ in 0..16 {
+            let Some((p, h)) = self.active.pop_front() else {
+                break;
+            };
+            self.write_back(p);
+            let host = self.hosts[h].as_mut().expect("a live host enclave");
+            host.children.remove(&p);
+            if host.children.is_empty()
+                && host.initialized
+                && let Some(secs) = host.secs.take()
+            {
+                self.write_back(secs);
+            }
+        }
+    }
+
+    fn write_back(&mut self, p: Page) {
+        self.epcm[p] = Epcm::Invalid;
+        self.written_back += 1;
+        self.free_page(p);
+    }
+
+    /// `sgx_inc_usage_count` (6.19+): EUPDATESVN at the first user.
+    fn new_user(&mut self) -> Result<(), &'static str> {
+        if self.kernel < (6, 19) {
+            return Ok(());
+        }
+        if self.users == 0 && self.eupdatesvn {
+            if self.epcm.iter().any(|e| *e != Epcm::Invalid) {
+                return Err("EIO");
+            }
+            if self.no_entropy >= 10 {
+                self.no_entropy -= 10;
+                return Err("EAGAIN");
+            }
+            self.no_entropy = 0;
+            self.cpusvn = self.cpusvn.max(self.microcode);
+        }
+        self.users += 1;
+        Ok(())
+    }
+
+    fn user_gone(&mut self) {
+        if self.kernel >= (6, 19) {
+            self.users -= 1;
+        }
+    }
+
+    /// `/dev/sgx_enclave`: open, ECREATE (a VA page first), EADD each page (a VA page
+    /// every 512), EINIT, each page with direct reclaim. ENOMEM gives it up.
+    fn host_create(&mut self, pages: u64) -> Result<usize, &'static str> {
+        self.new_user()?;
+        self.hosts.push(Some(Host::default()));
+        let h = self.hosts.len() - 1;
+        let built = (|| {
+            self.host_grow(h)?;
+            let secs = self.alloc(true)?;
+            self.epcm[secs] = Self::valid(Kind::Secs, None);
+            self.hosts[h].as_mut().expect("host").secs = Some(secs);
+            for _ in 0..pages {
+                self.host_grow(h)?;
+                let p = self.alloc(true)?;
+                self.epcm[p] = Self::valid(Kind::Reg, Some(secs));
+                self.hosts[h].as_mut().expect("host").children.insert(p);
+                self.active.push_back((p, h));
+            }
+            if let Epcm::Valid { initialized, .. } = &mut self.epcm[secs] {
+                *initialized = true;
+            }
+            self.hosts[h].as_mut().expect("host").initialized = true;
+            Ok(())
+        })();
+        match built {
+            Ok(()) => Ok(h),
+            Err(e) => {
+                let host = self.hosts[h].take().expect("host");
+                self.host_release(h, host);
+                Err(e)
+            }
+        }
+    }
+
+    fn host_grow(&mut self, h: usize) -> Result<(), &'static str> {
+        let host = self.hosts[h].as_mut().expect("host");
+        let needs_va = host.page_cnt.is_multiple_of(512);
+        host.page_cnt += 1;
+        if needs_va {
+            let va = self.alloc(true)?;
+            self.epcm[va] = Self::valid(Kind::Va, None);
+            self.hosts[h].as_mut().expect("host").va.push(va);
+        }
+        Ok(())
+    }
+
+    /// `sgx_encl_release`: children, VA pages, SECS: off the active list, EREMOVE'd,
+    /// freed.
+    fn host_release(&mut self, h: usize, host: Host) {
+        self.active.retain(|&(_, o)| o != h);
+        for p in host.children.iter().chain(&host.va).chain(&host.secs) {
+            self.epcm[*p] = Epcm::Invalid;
+            self.free_page(*p);
+        }
+        self.user_gone();
     }
 
     /// The guest touches `page` of the FD's mappings: SIGSEGV outside them, else the
@@ -187,10 +489,27 @@ impl Reference {
         if let Some(&p) = inst.pages.get(&page) {
             return Ok(p);
         }
-        let Some(p) = self.free.pop_first() else {
-            return Err("SIGBUS".into());
+        // sgx_alloc_epc_page(vepc, false): EBUSY is retried after ksgxd's work, if it
+        // was woken; with nothing free then, the retries never end.
+        let p = loop {
+            match self.alloc(false) {
+                Ok(p) => break p,
+                Err("EBUSY") => {
+                    self.retries += 1;
+                    if self.woken {
+                        self.woken = false;
+                        self.ksgxd();
+                    }
+                    if self.free.is_empty() {
+                        return Err("HANG".into());
+                    }
+                }
+                Err(_) => return Err("SIGBUS".into()),
+            }
         };
-        inst.pages.insert(page, p);
+        if let Some(inst) = self.fds.get_mut(slot).and_then(|f| f.as_mut()) {
+            inst.pages.insert(page, p);
+        }
         Ok(p)
     }
 
@@ -387,7 +706,7 @@ impl Reference {
         let mut left = Vec::new();
         for (_, p) in inst.pages {
             if self.eremove(p).is_ok() {
-                self.free.insert(p);
+                self.free_page(p);
             } else {
                 left.push(p);
             }
@@ -395,19 +714,20 @@ impl Reference {
         let mut secs_pages = Vec::new();
         for p in left {
             if self.eremove(p).is_ok() {
-                self.free.insert(p);
+                self.free_page(p);
             } else {
                 secs_pages.push(p);
             }
         }
         for z in std::mem::take(&mut self.zombies) {
             if self.eremove(z).is_ok() {
-                self.free.insert(z);
+                self.free_page(z);
             } else {
                 secs_pages.push(z);
             }
         }
         self.zombies = secs_pages;
+        self.user_gone();
     }
 
     /// docs/SEMANTICS.md §4: round 1, round 2, EBUSY retried three times (no vCPU to stop

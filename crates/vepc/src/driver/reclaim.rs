@@ -1,0 +1,389 @@
+//! The EPC that vEPC shares with the host's own enclaves (`/dev/sgx_enclave`):
+//! `sgx_alloc_epc_page`, through which every EPC user allocates, and the reclaimer,
+//! which writes host enclaves' pages back to regular memory to make room
+//! (arch/x86/kernel/cpu/sgx/main.c and encl.c, Linux 5.11 onward).
+//!
+//! Host enclave pages go on the active list when they are added; vEPC pages never
+//! do: "vEPC pages are never swapped or reclaimed". So a vEPC fault that finds no
+//! free page gets `EBUSY` while the active list is not empty and `ENOMEM` (SIGBUS)
+//! once it is; an `EBUSY` fault is retried after ksgxd, woken below
+//! `SGX_NR_LOW_PAGES`, has written pages back until `SGX_NR_HIGH_PAGES` are free.
+//!
+//! Two choices the source leaves to the model, both explicit:
+//! - ksgxd runs beside the thread that woke it; the model serializes them, at one of
+//!   the two ends of what the interleaving can give ([`Ksgxd`]): ksgxd done before the
+//!   woken thread goes on (no fault ever waits), or ksgxd running only while a fault
+//!   waits for it (every shortage costs a retry);
+//! - host enclaves are idle once loaded, so `sgx_reclaimer_age` finds every page old
+//!   at the first scan.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::Device;
+use crate::abi::{EnclsError, Errno};
+use crate::model::{AddType, EpcPage};
+use crate::sync::{Ordering, lock};
+
+/// `SGX_NR_TO_SCAN`: pages `sgx_reclaim_pages` takes off the active list at once.
+pub const SGX_NR_TO_SCAN: usize = 16;
+/// `SGX_NR_LOW_PAGES`: below this many free pages an allocation wakes ksgxd.
+pub const SGX_NR_LOW_PAGES: u64 = 32;
+/// `SGX_NR_HIGH_PAGES`: ksgxd writes pages back until this many are free.
+pub const SGX_NR_HIGH_PAGES: u64 = 64;
+/// `SGX_VA_SLOT_COUNT`: pages one version-array page can hold the versions of.
+pub const SGX_VA_SLOT_COUNT: u64 = 512;
+
+/// When woken ksgxd gets the CPU, in the model's serialized world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ksgxd {
+    /// At once: it has written pages back before the thread that woke it goes on.
+    #[default]
+    Eager,
+    /// Only when a fault has found nothing free and spins on `VM_FAULT_RETRY`.
+    Lazy,
+}
+
+/// A host enclave, named by the device that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostEnclaveId(pub u64);
+
+/// What the reclaimer has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReclaimStats {
+    /// Pages written back to regular memory (EWB): host enclave children, and a
+    /// SECS once its last child is out.
+    pub written_back: u64,
+    /// Times ksgxd was woken.
+    pub ksgxd_wakeups: u64,
+    /// vEPC faults that found no free page, answered `EBUSY`, and were retried.
+    pub fault_retries: u64,
+}
+
+/// `sgx_reclaimer_lock` and what it guards, with the host enclaves' bookkeeping.
+#[derive(Debug, Default)]
+pub(super) struct Reclaimer {
+    /// `sgx_active_page_list`: reclaimable pages by the order they were added.
+    active: BTreeMap<u64, EpcPage>,
+    /// Each active page's place in `active` and its enclave.
+    active_of: HashMap<EpcPage, (u64, HostEnclaveId)>,
+    next_seq: u64,
+    enclaves: BTreeMap<HostEnclaveId, HostEnclave>,
+    next_id: u64,
+    stats: ReclaimStats,
+    ksgxd: Ksgxd,
+    /// Woken, and not yet run ([`Ksgxd::Lazy`]).
+    woken: bool,
+}
+
+/// The EPC side of one `struct sgx_encl`.
+#[derive(Debug, Default)]
+struct HostEnclave {
+    /// `encl->secs.epc_page`, while it is resident.
+    secs: Option<EpcPage>,
+    /// Child pages resident in the EPC.
+    children: BTreeSet<EpcPage>,
+    /// `encl->va_pages`: never reclaimed.
+    va: Vec<EpcPage>,
+    /// `encl->page_cnt`: pages added, the SECS included.
+    page_cnt: u64,
+    /// `SGX_ENCL_INITIALIZED`.
+    initialized: bool,
+}
+
+impl HostEnclave {
+    fn resident(&self) -> u64 {
+        self.children.len() as u64 + self.va.len() as u64 + u64::from(self.secs.is_some())
+    }
+}
+
+/// Why `sgx_alloc_epc_page` gave no page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AllocError {
+    /// `-ENOMEM`: nothing free and nothing reclaimable.
+    NoMemory,
+    /// `-EBUSY`: nothing free, but pages ksgxd could reclaim (and `reclaim` was false).
+    Busy,
+}
+
+impl Device {
+    /// `sgx_alloc_epc_page(owner, reclaim)` for a caller on NUMA node `node`: a free
+    /// page, else (with `reclaim`) pages reclaimed directly until one is free. Then
+    /// ksgxd is woken if fewer than `SGX_NR_LOW_PAGES` are free.
+    pub(super) fn alloc_epc_page(&self, node: usize, reclaim: bool) -> Result<EpcPage, AllocError> {
+        // With nothing on the active list there is nothing to reclaim and nothing to
+        // wake ksgxd for: the plain allocator, without the reclaimer's lock.
+        if self.reclaimable.load(Ordering::Acquire) == 0 {
+            return self.epc.alloc_page_near(node).ok_or(AllocError::NoMemory);
+        }
+        let mut r = lock(&self.reclaim);
+        let result = loop {
+            if let Some(p) = self.epc.alloc_page_near(node) {
+                break Ok(p);
+            }
+            if r.active.is_empty() {
+                return Err(AllocError::NoMemory);
+            }
+            if !reclaim {
+                break Err(AllocError::Busy);
+            }
+            self.reclaim_pages(&mut r);
+        };
+        if self.should_reclaim(&r, SGX_NR_LOW_PAGES) {
+            self.wake_ksgxd(&mut r);
+        }
+        result
+    }
+
+    /// `wake_up(&ksgxd_waitq)`.
+    fn wake_ksgxd(&self, r: &mut Reclaimer) {
+        match r.ksgxd {
+            Ksgxd::Eager => self.ksgxd(r),
+            Ksgxd::Lazy if !r.woken => {
+                r.woken = true;
+                r.stats.ksgxd_wakeups += 1;
+            }
+            Ksgxd::Lazy => {}
+        }
+    }
+
+    /// A fault found nothing free (`EBUSY`) and spins: a woken ksgxd runs now. Whether
+    /// a page is free for the retry.
+    pub(super) fn wait_for_ksgxd(&self) -> bool {
+        let mut r = lock(&self.reclaim);
+        r.stats.fault_retries += 1;
+        if r.woken {
+            r.woken = false;
+            self.run_ksgxd(&mut r);
+        }
+        self.epc.free_pages() > 0
+    }
+
+    /// When woken ksgxd gets the CPU (before any `open`: it is how the host runs).
+    pub fn set_ksgxd(&self, when: Ksgxd) {
+        lock(&self.reclaim).ksgxd = when;
+    }
+
+    /// `sgx_should_reclaim(watermark)`: it reads `sgx_nr_free_pages`, which counts
+    /// the poison lists too ([`crate::model::Epc::nr_free_pages`]).
+    fn should_reclaim(&self, r: &Reclaimer, watermark: u64) -> bool {
+        self.epc.nr_free_pages() < watermark && !r.active.is_empty()
+    }
+
+    /// ksgxd, woken: writes pages back while `sgx_should_reclaim(SGX_NR_HIGH_PAGES)`.
+    fn ksgxd(&self, r: &mut Reclaimer) {
+        r.stats.ksgxd_wakeups += 1;
+        self.run_ksgxd(r);
+    }
+
+    fn run_ksgxd(&self, r: &mut Reclaimer) {
+        while self.should_reclaim(r, SGX_NR_HIGH_PAGES) {
+            self.reclaim_pages(r);
+        }
+    }
+
+    /// `sgx_reclaim_pages`: the oldest `SGX_NR_TO_SCAN` active pages are written back
+    /// and freed; an initialized enclave's SECS follows its last child out.
+    fn reclaim_pages(&self, r: &mut Reclaimer) {
+        let chunk: Vec<(u64, EpcPage)> = r
+            .active
+            .iter()
+            .take(SGX_NR_TO_SCAN)
+            .map(|(&s, &p)| (s, p))
+            .collect();
+        for (seq, page) in chunk {
+            r.active.remove(&seq);
+            let Some((_, id)) = r.active_of.remove(&page) else {
+                continue;
+            };
+            self.write_back(r, id, page);
+        }
+        self.reclaimable
+            .store(r.active.len() as u64, Ordering::Release);
+    }
+
+    /// `sgx_reclaimer_write` for one page of enclave `id`.
+    fn write_back(&self, r: &mut Reclaimer, id: HostEnclaveId, page: EpcPage) {
+        self.ewb_and_free(r, page);
+        let secs = r.enclaves.get_mut(&id).and_then(|encl| {
+            encl.children.remove(&page);
+            if encl.children.is_empty() && encl.initialized {
+                encl.secs.take()
+            } else {
+                None
+            }
+        });
+        if let Some(secs) = secs {
+            self.ewb_and_free(r, secs);
+        }
+    }
+
+    fn ewb_and_free(&self, r: &mut Reclaimer, page: EpcPage) {
+        match self.epc.ewb(page) {
+            Ok(()) => {
+                r.stats.written_back += 1;
+                self.epc.free_page(page);
+            }
+            Err(e) => self.warn(format!("EWB of EPC page {} failed: {e}", page.0)),
+        }
+    }
+
+    /// Whether host enclave pages are on the active list: a vEPC fault may then have
+    /// to wait for ksgxd.
+    pub(super) fn has_reclaimable(&self) -> bool {
+        self.reclaimable.load(Ordering::Acquire) != 0
+    }
+
+    /// What the reclaimer has done so far.
+    pub fn reclaim_stats(&self) -> ReclaimStats {
+        lock(&self.reclaim).stats
+    }
+
+    /// Pages host enclaves hold in the EPC now (SECS, children, VA pages).
+    pub fn host_pages(&self) -> u64 {
+        lock(&self.reclaim)
+            .enclaves
+            .values()
+            .map(HostEnclave::resident)
+            .sum()
+    }
+
+    /// Every EPC page host enclaves hold, and which enclave holds it.
+    pub fn host_page_owners(&self) -> Vec<(EpcPage, HostEnclaveId)> {
+        let r = lock(&self.reclaim);
+        let mut v = Vec::new();
+        for (&id, e) in &r.enclaves {
+            let pages = e.secs.iter().chain(&e.children).chain(&e.va);
+            v.extend(pages.map(|&p| (p, id)));
+        }
+        v
+    }
+
+    /// Pages on the active list (reclaimable), oldest first.
+    pub fn active_pages(&self) -> Vec<EpcPage> {
+        lock(&self.reclaim).active.values().copied().collect()
+    }
+
+    /// A host process builds an enclave of `pages` pages through `/dev/sgx_enclave`:
+    /// `open` (an SGX user, Linux 6.19+), `SGX_IOC_ENCLAVE_CREATE` (a VA page, then the
+    /// SECS), `SGX_IOC_ENCLAVE_ADD_PAGES` for every page (a VA page every
+    /// `SGX_VA_SLOT_COUNT` pages; each added page goes on the active list), then
+    /// `SGX_IOC_ENCLAVE_INIT`. Its allocations reclaim directly when nothing is free.
+    ///
+    /// `ENOMEM` when nothing is left to reclaim: the process gives the enclave up
+    /// (its pages are freed). `EAGAIN`/`EIO` from the open's EUPDATESVN.
+    pub fn host_enclave_create(&self, pages: u64) -> Result<HostEnclaveId, Errno> {
+        self.inc_usage()?;
+        let id = {
+            let mut r = lock(&self.reclaim);
+            let id = HostEnclaveId(r.next_id);
+            r.next_id += 1;
+            r.enclaves.insert(id, HostEnclave::default());
+            id
+        };
+        match self.host_build(id, pages) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                self.host_enclave_release(id);
+                Err(e)
+            }
+        }
+    }
+
+    fn host_build(&self, id: HostEnclaveId, pages: u64) -> Result<(), Errno> {
+        let no_memory = |_| Errno::ENOMEM;
+        self.host_grow(id)?;
+        let secs = self.alloc_epc_page(0, true).map_err(no_memory)?;
+        self.host_leaf(self.epc.ecreate(secs), "ECREATE")?;
+        self.with_enclave(id, |e| e.secs = Some(secs));
+        for _ in 0..pages {
+            self.host_grow(id)?;
+            let page = self.alloc_epc_page(0, true).map_err(no_memory)?;
+            self.host_leaf(self.epc.eadd(page, secs, AddType::Reg), "EADD")?;
+            // sgx_encl_add_page: the new page is reclaimable from now on.
+            let mut r = lock(&self.reclaim);
+            if let Some(e) = r.enclaves.get_mut(&id) {
+                e.children.insert(page);
+            }
+            let seq = r.next_seq;
+            r.next_seq += 1;
+            r.active.insert(seq, page);
+            r.active_of.insert(page, (seq, id));
+            self.reclaimable
+                .store(r.active.len() as u64, Ordering::Release);
+        }
+        self.host_leaf(self.epc.einit(secs), "EINIT")?;
+        self.with_enclave(id, |e| e.initialized = true);
+        Ok(())
+    }
+
+    /// `sgx_encl_grow`: a new VA page every `SGX_VA_SLOT_COUNT` pages, the first
+    /// before the SECS.
+    fn host_grow(&self, id: HostEnclaveId) -> Result<(), Errno> {
+        let needs_va = self
+            .with_enclave(id, |e| {
+                let needs = e.page_cnt.is_multiple_of(SGX_VA_SLOT_COUNT);
+                e.page_cnt += 1;
+                needs
+            })
+            .unwrap_or(false);
+        if needs_va {
+            let va = self.alloc_epc_page(0, true).map_err(|_| Errno::ENOMEM)?;
+            self.host_leaf(self.epc.epa(va), "EPA")?;
+            self.with_enclave(id, |e| e.va.push(va));
+        }
+        Ok(())
+    }
+
+    /// A host driver leaf that cannot fail on pages it just allocated: a failure is
+    /// a model bug, reported as a kernel warning and `EIO`.
+    fn host_leaf(&self, r: Result<(), EnclsError>, leaf: &str) -> Result<(), Errno> {
+        r.map_err(|e| {
+            self.warn(format!("{leaf} on a host enclave page failed: {e}"));
+            Errno::EIO
+        })
+    }
+
+    fn with_enclave<T>(
+        &self,
+        id: HostEnclaveId,
+        f: impl FnOnce(&mut HostEnclave) -> T,
+    ) -> Option<T> {
+        lock(&self.reclaim).enclaves.get_mut(&id).map(f)
+    }
+
+    /// The host process closes the enclave (`sgx_encl_release`): every resident page
+    /// leaves the active list, is EREMOVE'd and freed, then the VA pages and the SECS.
+    /// Pages written back are dropped with the backing file. Unknown ids are ignored.
+    pub fn host_enclave_release(&self, id: HostEnclaveId) {
+        let mut r = lock(&self.reclaim);
+        let Some(encl) = r.enclaves.remove(&id) else {
+            return;
+        };
+        for page in encl.children.iter().chain(&encl.va).chain(&encl.secs) {
+            if let Some((seq, _)) = r.active_of.remove(page) {
+                r.active.remove(&seq);
+            }
+            match self.epc.eremove(*page) {
+                Ok(()) => self.epc.free_page(*page),
+                Err(e) => self.warn(format!("EREMOVE of host EPC page {} failed: {e}", page.0)),
+            }
+        }
+        self.reclaimable
+            .store(r.active.len() as u64, Ordering::Release);
+        drop(r);
+        self.dec_usage();
+    }
+
+    /// `sgx_unmark_page_reclaimable`, for a page in use that `arch_memory_failure`
+    /// poisoned: it is not written back any more. Whether it was on the list.
+    pub(super) fn unmark_reclaimable(&self, page: EpcPage) -> bool {
+        let mut r = lock(&self.reclaim);
+        let Some((seq, _)) = r.active_of.remove(&page) else {
+            return false;
+        };
+        r.active.remove(&seq);
+        self.reclaimable
+            .store(r.active.len() as u64, Ordering::Release);
+        true
+    }
+}
