@@ -72,6 +72,65 @@ fn every_rule_of_sections_2_and_3_has_a_scenario() {
     }
 }
 
+/// The rules of docs/SEMANTICS.md §7 a scenario's header cites: "§7.2 rule 6" or
+/// "§7.2 rules 1, 3 and 4", each as (7.2, 6) and so on.
+fn cited_section_7_rules(text: &str) -> Vec<(String, u32)> {
+    let mut cited = Vec::new();
+    for (at, _) in text.match_indices("§7.") {
+        let rest = &text[at + "§".len()..];
+        let section: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let section = section.trim_end_matches('.').to_string();
+        let mut words = rest[section.len()..].split_whitespace();
+        if !matches!(words.next(), Some("rule" | "rules")) {
+            continue;
+        }
+        for w in words {
+            match w.trim_end_matches([',', ':']).parse::<u32>() {
+                Ok(n) => cited.push((section.clone(), n)),
+                Err(_) if w == "and" => {}
+                Err(_) => break,
+            }
+            if w.ends_with(':') {
+                break;
+            }
+        }
+    }
+    cited
+}
+
+/// Every rule of §7 (the host around vEPC) is cited by a scenario's header.
+#[test]
+fn every_rule_of_section_7_has_a_scenario() {
+    let cited: Vec<(String, u32)> = scenarios()
+        .iter()
+        .flat_map(|p| cited_section_7_rules(&std::fs::read_to_string(p).expect("readable")))
+        .collect();
+    for (section, rules) in [("7.1", 5), ("7.2", 6), ("7.3", 4)] {
+        for rule in 1..=rules {
+            assert!(
+                cited.iter().any(|(s, r)| s == section && *r == rule),
+                "no scenario cites docs/SEMANTICS.md §{section} rule {rule}"
+            );
+        }
+    }
+}
+
+#[test]
+fn section_7_citations_are_read_as_written() {
+    assert_eq!(
+        cited_section_7_rules("# §7.2 rules 1, 3 and 4: x\n# §7.1 rule 5 and §7.3: y"),
+        [
+            ("7.2".into(), 1),
+            ("7.2".into(), 3),
+            ("7.2".into(), 4),
+            ("7.1".into(), 5)
+        ]
+    );
+}
+
 /// A scenario whose expectation is wrong must fail: the runner really compares.
 #[test]
 fn a_wrong_expectation_fails_and_names_both_results() {
