@@ -151,6 +151,9 @@ struct Scripted {
     answers: Vec<Result<u64, Errno>>,
     next: AtomicU32,
     recreated: bool,
+    /// What each open of `recreate` answers, in turn (then success).
+    reopens: Vec<Errno>,
+    opens: usize,
 }
 
 impl Scripted {
@@ -159,6 +162,8 @@ impl Scripted {
             answers: answers.to_vec(),
             next: AtomicU32::new(0),
             recreated: false,
+            reopens: Vec::new(),
+            opens: 0,
         }
     }
 }
@@ -174,6 +179,10 @@ impl VepcInstance for Scripted {
     }
 
     fn recreate(&mut self) -> Result<(), VepcError> {
+        self.opens += 1;
+        if let Some(&errno) = self.reopens.get(self.opens - 1) {
+            return Err(VepcError::open("/dev/sgx_vepc".into(), errno));
+        }
         self.recreated = true;
         Ok(())
     }
@@ -225,6 +234,63 @@ fn other_errors_are_reported_with_instance_and_round() {
     let failed = reset(&mut g, &opts, None).expect_err("ENOTTY");
     assert!(failed.error.to_string().contains("older than 5.16"));
     assert!(!g[0].recreated);
+}
+
+/// The fallback's open: EAGAIN (EUPDATESVN without entropy) is tried again a bounded
+/// number of times; EIO (the EPC not empty) is reported at once with its advice.
+#[test]
+fn the_fallback_retries_an_open_eagain_and_reports_eio() {
+    let retries = vepc::reset::RECREATE_EAGAIN_RETRIES as usize;
+    let mut g = [Scripted::new(&[Err(Errno::ENOTTY)])];
+    g[0].reopens = vec![Errno::EAGAIN; retries];
+    let r = reset(&mut g, &ResetOptions::default(), None).expect("the last try opens");
+    assert_eq!((r.recreated, g[0].opens), (Some(1), retries + 1));
+
+    let mut g = [Scripted::new(&[Err(Errno::ENOTTY)])];
+    g[0].reopens = vec![Errno::EAGAIN; retries + 1];
+    let failed = reset(&mut g, &ResetOptions::default(), None).expect_err("EAGAIN each time");
+    assert!(
+        matches!(&failed.error, ResetError::Recreate { instance: 0, error } if error.errno() == Errno::EAGAIN),
+        "{:?}",
+        failed.error
+    );
+    assert_eq!(g[0].opens, retries + 1, "bounded");
+
+    let mut g = [Scripted::new(&[Err(Errno::ENOTTY)])];
+    g[0].reopens = vec![Errno::EIO];
+    let failed = reset(&mut g, &ResetOptions::default(), None).expect_err("EIO");
+    assert_eq!(g[0].opens, 1, "EIO is not retried");
+    assert!(
+        failed.error.to_string().contains("until the host reboots"),
+        "{}",
+        failed.error
+    );
+}
+
+/// Recreating opens the new instance before it drops the old one: on 6.19 the SGX
+/// usage count never falls to 0, so no EUPDATESVN runs and an EPC without entropy (or
+/// with a zombie) does not stop the fallback.
+#[test]
+fn recreate_opens_first_so_no_eupdatesvn_runs() {
+    let dev = device(64, KernelVersion::EUPDATESVN);
+    dev.set_eupdatesvn(true);
+    let mut g = sections(&dev, 1, 16);
+    assert_eq!(dev.svn().users, 1);
+    dev.fail_entropy(100);
+    g[0].recreate()
+        .expect("no EUPDATESVN: a user is still counted");
+    assert_eq!(
+        dev.svn().users,
+        1,
+        "the old instance is gone, the new one counted"
+    );
+    drop(g);
+    assert_eq!(dev.svn().users, 0);
+    assert_eq!(
+        dev.open().err(),
+        Some(Errno::EAGAIN),
+        "the next first open does run EUPDATESVN"
+    );
 }
 
 #[test]

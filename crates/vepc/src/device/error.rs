@@ -37,6 +37,31 @@ pub enum VepcError {
         /// The group that owns the device node, when it could be read.
         group: Option<String>,
     },
+    /// `open` answered `EAGAIN` (Linux 6.19 and later, with EUPDATESVN): this was the
+    /// first open of an SGX file, its EUPDATESVN found no entropy ten times, and no
+    /// instance was opened.
+    #[error(
+        "opening {path} answered EAGAIN: the kernel's SGX security-version update \
+         (EUPDATESVN, run at the first open of an SGX device) found no entropy; retry the \
+         open"
+    )]
+    SvnUpdateRetry {
+        /// The path opened.
+        path: PathBuf,
+    },
+    /// `open` answered `EIO` (Linux 6.19 and later, with EUPDATESVN): the first open's
+    /// EUPDATESVN failed, most likely because the EPC was not empty (zombie SECS pages
+    /// left by an earlier vEPC release; docs/SEMANTICS.md §7.3 rule 4).
+    #[error(
+        "opening {path} answered EIO: the kernel's SGX security-version update (EUPDATESVN, \
+         run when no SGX file is open) failed, most likely because EPC pages are still in \
+         use with no SGX file open (SECS pages stranded by an earlier vEPC release); dmesg \
+         shows the EUPDATESVN error; every SGX open will fail until the host reboots"
+    )]
+    SvnUpdateFailed {
+        /// The path opened.
+        path: PathBuf,
+    },
     /// REMOVE_ALL answered `ENOTTY`.
     #[error(
         "SGX_IOC_VEPC_REMOVE_ALL is not supported (ENOTTY): the kernel is older than 5.16, or \
@@ -76,6 +101,8 @@ impl VepcError {
             Self::NoDevice { errno, .. }
             | Self::PermissionDenied { errno, .. }
             | Self::Os { errno, .. } => *errno,
+            Self::SvnUpdateRetry { .. } => Errno::EAGAIN,
+            Self::SvnUpdateFailed { .. } => Errno::EIO,
             Self::NoRemoveAll => Errno::ENOTTY,
             Self::Busy => Errno::EBUSY,
             Self::InvalidArgument { .. } => Errno::EINVAL,
@@ -90,6 +117,8 @@ impl VepcError {
                 let group = crate::sys::users::group_of(&path);
                 Self::PermissionDenied { path, errno, group }
             }
+            Errno::EAGAIN => Self::SvnUpdateRetry { path },
+            Errno::EIO => Self::SvnUpdateFailed { path },
             _ => Self::Os { op: "open", errno },
         }
     }
@@ -126,6 +155,21 @@ impl VepcError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The EUPDATESVN errnos of an open say what they are and keep the errno.
+    #[test]
+    fn eupdatesvn_errors_of_open_say_what_to_do() {
+        let e = VepcError::open(SGX_VEPC.into(), Errno::EAGAIN);
+        assert!(matches!(e, VepcError::SvnUpdateRetry { .. }), "{e:?}");
+        assert_eq!(e.errno(), Errno::EAGAIN);
+        assert!(e.to_string().contains("retry the open"), "{e}");
+        let e = VepcError::open(SGX_VEPC.into(), Errno::EIO);
+        assert!(matches!(e, VepcError::SvnUpdateFailed { .. }), "{e:?}");
+        assert_eq!(e.errno(), Errno::EIO);
+        assert!(e.to_string().contains("until the host reboots"), "{e}");
+    }
+
+    const SGX_VEPC: &str = "/dev/sgx_vepc";
 
     /// EACCES names the group that owns the node (read with stat), whoever runs the
     /// test: root is never refused by open(2), so the errno is handed in directly.

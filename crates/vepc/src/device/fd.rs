@@ -49,6 +49,16 @@ pub(super) enum Inner {
 
 impl VepcFd {
     /// `open("/dev/sgx_vepc", O_RDWR | O_CLOEXEC)` on the host.
+    ///
+    /// The kernel takes no EPC at open. The errors, each with its advice:
+    /// - [`VepcError::NoDevice`] (`ENOENT`, `ENODEV`, `ENXIO`): no SGX, or no
+    ///   `CONFIG_X86_SGX_KVM`, or a kernel before 5.13.
+    /// - [`VepcError::PermissionDenied`] (`EACCES`, `EPERM`): the node's group.
+    /// - From Linux 6.19 on a CPU with EUPDATESVN, the first open of any SGX file (this
+    ///   one or `/dev/sgx_enclave`, with none open) runs EUPDATESVN
+    ///   (docs/SEMANTICS.md §7.3): [`VepcError::SvnUpdateRetry`] (`EAGAIN`, no entropy:
+    ///   retry) or [`VepcError::SvnUpdateFailed`] (`EIO`: the EPC was not empty; only a
+    ///   reboot helps). The model answers both; this binding has not run on such a host.
     pub fn open() -> Result<Self, VepcError> {
         Self::open_path(SGX_VEPC_PATH)
     }

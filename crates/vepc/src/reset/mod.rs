@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 use crate::abi::Errno;
 use crate::device::{VepcError, VepcInstance};
 
+/// How often the ENOTTY fallback opens again after an open's `EAGAIN` (EUPDATESVN found
+/// no entropy; the kernel itself already tried ten times).
+pub const RECREATE_EAGAIN_RETRIES: u32 = 3;
+
 /// How REMOVE_ALL's first round is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 pub enum Strategy {
@@ -378,8 +382,20 @@ impl Run<'_, '_> {
 
     fn recreate_all<I: VepcInstance>(&mut self, instances: &mut [I]) -> Result<(), ResetError> {
         for (i, inst) in instances.iter_mut().enumerate() {
-            inst.recreate()
-                .map_err(|error| ResetError::Recreate { instance: i, error })?;
+            // `recreate` opens the new instance before it drops the old, so the SGX
+            // usage count never falls to 0 here and no EUPDATESVN runs (Linux 6.19): an
+            // EAGAIN should not happen. Should one come (another process's open racing
+            // the count), it is what sgx.c says it is, transient: try again, a few times.
+            let mut tries = 0;
+            loop {
+                match inst.recreate() {
+                    Err(VepcError::SvnUpdateRetry { .. }) if tries < RECREATE_EAGAIN_RETRIES => {
+                        tries += 1;
+                    }
+                    done => break done,
+                }
+            }
+            .map_err(|error| ResetError::Recreate { instance: i, error })?;
         }
         self.report.recreated = Some(instances.len());
         Ok(())
