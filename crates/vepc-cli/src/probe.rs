@@ -1,8 +1,10 @@
 //! `vepc probe [--json]`: can this host run SGX guests with reboot support?
-//! Exit 0 when it can, 1 when not (with every reason).
+//! Exit 0 when it can, 1 when not (with every reason). It also lists the processes
+//! holding an SGX file (they block 6.19's EUPDATESVN); that list does not change the exit.
 
 use std::process::ExitCode;
 
+use vepc::probe::holders::{self, Holders};
 use vepc::probe::{self, HostFacts, Verdict};
 
 use crate::out;
@@ -17,20 +19,26 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct Report<'a> {
     host: &'a HostFacts,
+    holders: &'a Holders,
     verdict: &'a Verdict,
 }
 
 pub fn main(args: &Args) -> ExitCode {
     let facts = probe::gather();
     let verdict = probe::verdict(&facts);
+    let holders = holders::scan_host();
     if args.json {
         let report = Report {
             host: &facts,
+            holders: &holders,
             verdict: &verdict,
         };
         out(&serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
     } else {
         table(&facts);
+        for line in holder_lines(&holders) {
+            out(&line);
+        }
         out(&verdict_line(&verdict));
     }
     if verdict.ok {
@@ -105,6 +113,41 @@ fn table(f: &HostFacts) {
         Ok(v) => format!("kvm       /dev/kvm works (API {v})"),
         Err(e) => format!("kvm       {e}"),
     });
+}
+
+/// Who holds an SGX file: while anyone does, a 6.19+ kernel defers EUPDATESVN
+/// (docs/SEMANTICS.md §7.3), so an operator applying a microcode update knows whom to stop.
+fn holder_lines(h: &Holders) -> Vec<String> {
+    let mut lines: Vec<String> = h
+        .holders
+        .iter()
+        .map(|p| {
+            let fds: Vec<String> = p.fds.iter().map(u32::to_string).collect();
+            format!(
+                "holder    pid {} ({}) holds {}: fds [{}], {} mapping(s)",
+                p.pid,
+                p.comm,
+                p.path,
+                fds.join(", "),
+                p.mappings
+            )
+        })
+        .collect();
+    if lines.is_empty() {
+        lines.push("holders   none: no process holds /dev/sgx_vepc or /dev/sgx_enclave".into());
+    } else {
+        lines.push(format!(
+            "holders   {} process(es): EUPDATESVN (6.19+) waits until every one lets go",
+            h.holders.len()
+        ));
+    }
+    if h.unreadable > 0 {
+        lines.push(format!(
+            "holders   {} process(es) could not be read (run as root for the whole list)",
+            h.unreadable
+        ));
+    }
+    lines
 }
 
 fn verdict_line(v: &Verdict) -> String {

@@ -207,3 +207,49 @@ fn per_node_epc_is_read_from_sysfs() {
     );
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// The holders scan finds a process by the file its fd leads to (stat through
+/// `/proc/PID/fd`), names it, and finds no one for a node that does not exist.
+#[test]
+fn holders_are_found_by_the_file_their_fd_leads_to() {
+    use std::path::Path;
+    use vepc::probe::holders::scan;
+
+    let node = std::env::temp_dir().join(format!("vepc-holder-{}", std::process::id()));
+    std::fs::write(&node, b"").expect("a stand-in device node");
+    let stdin = std::fs::File::open(&node).expect("open it");
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .stdin(stdin)
+        .spawn()
+        .expect("spawn sleep");
+    // Until it has exec'd, the child still bears this test's comm.
+    let comm = format!("/proc/{}/comm", child.id());
+    while std::fs::read_to_string(&comm).is_ok_and(|c| c.trim_end() != "sleep") {
+        std::thread::yield_now();
+    }
+    let found = scan(Path::new("/proc"), &[&node]);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&node);
+
+    let held: Vec<_> = found
+        .holders
+        .iter()
+        .filter(|h| h.pid == child.id())
+        .collect();
+    assert_eq!(held.len(), 1, "{found:?}");
+    assert_eq!(held[0].comm, "sleep");
+    assert_eq!(held[0].fds, [0], "its stdin is the file");
+    assert_eq!(held[0].path, node.display().to_string());
+    assert!(
+        found.holders.iter().all(|h| h.path == held[0].path),
+        "only the node asked for"
+    );
+
+    let gone = scan(Path::new("/proc"), &[&node]);
+    assert!(
+        gone.holders.is_empty(),
+        "a node that does not exist is held by no one"
+    );
+}

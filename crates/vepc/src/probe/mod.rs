@@ -3,9 +3,11 @@
 //!
 //! - [`cpuid`]: decoding the CPU's SGX leaves (pure, tested on recorded registers);
 //! - [`host`]: device nodes, kernel, sysfs, `/dev/kvm`;
+//! - [`holders`]: which processes hold an SGX file open (and so block 6.19's EUPDATESVN);
 //! - [`verdict`]: the answer, with every reason it is no.
 
 pub mod cpuid;
+pub mod holders;
 pub mod host;
 
 use crate::abi::{Errno, KernelVersion};
