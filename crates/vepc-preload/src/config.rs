@@ -5,7 +5,7 @@
 //! | `VEPC_EPC` | EPC section sizes, as docs/SCRIPT.md's `epc` line (`64M 32M`; commas also separate) | the script's `epc` line, else 128M |
 //! | `VEPC_KERNEL` | the kernel the device behaves like (`5.15`, `6.18`) | the script's `kernel` line, else 6.18 |
 //! | `VEPC_SCRIPT` | a docs/SCRIPT.md file of guest actions, run once before the first REMOVE_ALL | none |
-//! | `VEPC_INJECT` | REMOVE_ALL answers to force ([`crate::inject`]) | none |
+//! | `VEPC_INJECT` | REMOVE_ALL answers to force, poisoned EPC pages and host enclaves at start ([`crate::inject`]) | none |
 //! | `VEPC_LOG` | a file to append one JSON object per intercepted call to | none |
 //! | `VEPC_FAULTS` | `auto`, `userfaultfd` or `eager` ([`FaultMode`]) | `auto` |
 

@@ -1,11 +1,24 @@
 //! Fault injection: `VEPC_INJECT` makes chosen REMOVE_ALL calls fail as a busy or old
-//! kernel would, without building the guest state that causes it.
+//! kernel would, without building the guest state that causes it, and gives the host
+//! around the program the state docs/SEMANTICS.md §7 describes before the program
+//! starts.
 //!
-//! Rules are separated by commas; each is
+//! Rules are separated by commas; each is one of
 //!
 //! ```text
 //! [S<n>:]remove-all=ERRNO[@FIRST[-LAST]]
+//! poison=N[-M]
+//! host-enclave=SIZE
 //! ```
+//!
+//! `poison=N-M` (inclusive, 0-based over all sections, as the scenario language's
+//! `poison N`) makes those EPC pages' memory fail, found asynchronously while they are
+//! free, when the shim starts: from 5.17 they go to the poison lists and are never
+//! handed out; before 5.17 they stay in service, and the touch that gets one dies of
+//! `SIGBUS`. `host-enclave=SIZE` (a docs/SCRIPT.md SIZE) builds a host enclave of that
+//! size through the model's `/dev/sgx_enclave` when the shim starts, after the
+//! poisoning: its pages are ksgxd's to write back when the program's faults find no
+//! free page. Both are logged (`"call":"inject"`), with their answers.
 //!
 //! - `S<n>:` limits the rule to one instance (named in map order); without it the rule
 //!   counts the process's REMOVE_ALL calls over all instances.
@@ -31,15 +44,28 @@ pub struct Rule {
     pub calls: std::ops::RangeInclusive<u64>,
 }
 
+/// What the host does before the program starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtStart {
+    /// An asynchronous memory error in each EPC page of the range.
+    Poison(std::ops::RangeInclusive<u64>),
+    /// A host enclave of this many bytes.
+    HostEnclave(u64),
+}
+
 /// All rules, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Injections {
     rules: Vec<Rule>,
+    at_start: Vec<AtStart>,
 }
 
 /// A rule that cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rule '{rule}': {why} (the form is [S<n>:]remove-all=ERRNO[@FIRST[-LAST]])")]
+#[error(
+    "rule '{rule}': {why} (the forms are [S<n>:]remove-all=ERRNO[@FIRST[-LAST]], \
+     poison=N[-M] and host-enclave=SIZE)"
+)]
 pub struct InjectError {
     /// The rule as written.
     pub rule: String,
@@ -50,18 +76,24 @@ pub struct InjectError {
 impl Injections {
     /// Reads `VEPC_INJECT`.
     pub fn parse(value: &str) -> Result<Self, InjectError> {
-        let rules = value
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(parse_rule)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { rules })
+        let mut out = Self::default();
+        for rule in value.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match parse_at_start(rule)? {
+                Some(a) => out.at_start.push(a),
+                None => out.rules.push(parse_rule(rule)?),
+            }
+        }
+        Ok(out)
     }
 
     /// Whether there is no rule.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.at_start.is_empty()
+    }
+
+    /// What the host does before the program starts, in the order written.
+    pub fn at_start(&self) -> &[AtStart] {
+        &self.at_start
     }
 
     /// The forced answer for a REMOVE_ALL on instance `instance`, which is that
@@ -78,11 +110,43 @@ impl Injections {
     }
 }
 
-fn parse_rule(rule: &str) -> Result<Rule, InjectError> {
-    let err = |why: &str| InjectError {
+fn error(rule: &str, why: &str) -> InjectError {
+    InjectError {
         rule: rule.to_owned(),
         why: why.to_owned(),
+    }
+}
+
+/// A `poison=` or `host-enclave=` rule; `None` for any other.
+fn parse_at_start(rule: &str) -> Result<Option<AtStart>, InjectError> {
+    let err = |why: &str| error(rule, why);
+    let (what, value) = match rule.split_once('=') {
+        Some((w @ ("poison" | "host-enclave"), v)) => (w, v),
+        _ => return Ok(None),
     };
+    let number = |s: &str| vepc::number::parse_number(s).ok();
+    if what == "poison" {
+        let (first, last) = match value.split_once('-') {
+            Some((a, b)) => (number(a), number(b)),
+            None => (number(value), number(value)),
+        };
+        return match (first, last) {
+            (Some(a), Some(b)) if a <= b => Ok(Some(AtStart::Poison(a..=b))),
+            _ => Err(err(
+                "EPC pages are numbered from 0: poison=N or poison=FIRST-LAST",
+            )),
+        };
+    }
+    match vepc::number::parse_size(value) {
+        Ok(size) if size > 0 => Ok(Some(AtStart::HostEnclave(size))),
+        _ => Err(err(
+            "a host enclave's SIZE is bytes with an optional K, M, G or T",
+        )),
+    }
+}
+
+fn parse_rule(rule: &str) -> Result<Rule, InjectError> {
+    let err = |why: &str| error(rule, why);
     let (instance, rest) = match rule.split_once(':') {
         Some((name, rest)) => {
             let n = name
@@ -97,7 +161,11 @@ fn parse_rule(rule: &str) -> Result<Rule, InjectError> {
         .split_once('=')
         .ok_or_else(|| err("expected remove-all=ERRNO"))?;
     if what != "remove-all" {
-        return Err(err("only remove-all can be injected"));
+        return Err(err(if instance.is_some() {
+            "only remove-all is per instance"
+        } else {
+            "only remove-all, poison and host-enclave can be injected"
+        }));
     }
     let (name, calls) = match answer.split_once('@') {
         Some((name, calls)) => (name, Some(calls)),
@@ -154,6 +222,28 @@ mod tests {
     }
 
     #[test]
+    fn host_state_at_start_in_order() {
+        let i =
+            Injections::parse("poison=0x10-0x11, remove-all=EBUSY@1, host-enclave=8M, poison=3")
+                .expect("valid");
+        assert_eq!(
+            i.at_start(),
+            [
+                AtStart::Poison(16..=17),
+                AtStart::HostEnclave(8 << 20),
+                AtStart::Poison(3..=3),
+            ]
+        );
+        // The REMOVE_ALL rule is still one.
+        assert_eq!(i.answer(Some(0), 1, 1), Some(Errno::EBUSY));
+        assert!(
+            !Injections::parse("host-enclave=4K")
+                .expect("valid")
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn empty_means_none() {
         assert!(Injections::parse("").expect("valid").is_empty());
         assert!(Injections::parse(" , ").expect("valid").is_empty());
@@ -163,7 +253,13 @@ mod tests {
     fn bad_rules_say_why() {
         for (rule, why) in [
             ("remove-all", "expected remove-all=ERRNO"),
-            ("mmap=ENOMEM", "only remove-all"),
+            ("mmap=ENOMEM", "only remove-all, poison and host-enclave"),
+            ("S0:poison=3", "only remove-all is per instance"),
+            ("poison=x", "numbered from 0"),
+            ("poison=5-2", "numbered from 0"),
+            ("poison=", "numbered from 0"),
+            ("host-enclave=0", "SIZE"),
+            ("host-enclave=12Q", "SIZE"),
             ("remove-all=EWHAT", "unknown errno"),
             ("X1:remove-all=EBUSY", "S0, S1"),
             ("remove-all=EBUSY@0", "counted from 1"),

@@ -108,6 +108,7 @@ fn child(name: &str) {
         ("mmap", child_mmap),
         ("sigbus", child_sigbus),
         ("populate", child_populate),
+        ("touch16", child_touch16),
         ("release", child_release),
         ("script", child_script),
         ("kernel", child_kernel),
@@ -221,6 +222,26 @@ fn child_sigbus() {
     println!("touched=16");
     touch(p, 16);
     println!("touched=17");
+}
+
+/// Touches each of 16 pages in order; a SIGBUS ends the process (42) with its address.
+fn child_touch16() {
+    catch_sigbus();
+    let fd = open_vepc(libc::O_RDWR);
+    let p = rw_shared(fd, 16);
+    println!("base={:#x}", p as usize);
+    for page in 0..16 {
+        touch(p, page);
+    }
+    println!("touched=16");
+    show("remove_all", remove_all(fd, 0));
+    // SAFETY: unmaps the 16 pages mapped above, which nothing uses after this.
+    show(
+        "munmap",
+        i64::from(unsafe { libc::munmap(p.cast(), 16 * PAGE) }),
+    );
+    // SAFETY: closes the descriptor opened above: the instance's release.
+    show("close", i64::from(unsafe { libc::close(fd) }));
 }
 
 fn child_populate() {
@@ -484,6 +505,83 @@ fn exhaustion_is_sigbus_at_the_touched_page(faults: &str) {
     assert_eq!(mode["mode"], expected);
 }
 
+/// The page (0-based) whose touch got the child's SIGBUS, and its si_code.
+fn sigbus_page(r: &Ran) -> (usize, i32) {
+    let base = usize::from_str_radix(r.get("base").trim_start_matches("0x"), 16).expect("hex");
+    let sig = r.get("sigbus");
+    let field = |key: &str| {
+        sig.split(' ')
+            .find_map(|f| f.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {sig}"))
+    };
+    let addr = usize::from_str_radix(field("addr=0x"), 16).expect("hex");
+    let code = field("code=").parse().expect("number");
+    ((addr - base) / PAGE, code)
+}
+
+/// docs/SEMANTICS.md §7.1 through the shim. From 5.17 a page poisoned while free is
+/// never handed out, so 16 pages of EPC hold 15 of the child's; before, it stays in
+/// service and the touch that gets it dies, where the other pages would have fitted.
+fn a_poisoned_free_page_through_the_shim(faults: &str) {
+    for (kernel, died_at) in [("6.18", 15), ("5.15", 3)] {
+        let r = run(
+            "touch16",
+            &[
+                ("VEPC_EPC", "64K"),
+                ("VEPC_KERNEL", kernel),
+                ("VEPC_INJECT", "poison=3"),
+                ("VEPC_FAULTS", faults),
+            ],
+        );
+        assert_eq!(
+            r.out.status.code(),
+            Some(42),
+            "{kernel} {faults}: {}",
+            r.stdout
+        );
+        // The shim can only deliver BUS_ADRERR at the address, where the kernel's
+        // consumed poison is SI_KERNEL (docs/findings.md says why).
+        assert_eq!(
+            sigbus_page(&r),
+            (died_at, libc::BUS_ADRERR),
+            "{kernel} {faults}"
+        );
+        let injected: Vec<&Value> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+        let want = if kernel == "6.18" { "ok" } else { "ENXIO" };
+        assert_eq!(injected.len(), 1, "{kernel}: {injected:?}");
+        assert_eq!(injected[0]["poison"], 3);
+        assert_eq!(injected[0]["result"], want, "{kernel}");
+    }
+}
+
+/// docs/SEMANTICS.md §7.2 through the shim: a host enclave holds half the EPC, and
+/// the child's 16 pages still all arrive, ksgxd writing the host's pages back; the
+/// release says how many.
+fn a_host_enclave_gives_way_to_vepc() {
+    let r = run(
+        "touch16",
+        &[("VEPC_EPC", "128K"), ("VEPC_INJECT", "host-enclave=96K")],
+    );
+    ok(&r);
+    assert_eq!(r.get("touched"), "16");
+    let injected = r
+        .log
+        .iter()
+        .find(|l| l["call"] == "inject")
+        .expect("inject logged");
+    assert_eq!(injected["host_enclave"], 98304);
+    assert_eq!(injected["result"], "ok");
+    let released: Vec<&Value> = r.log.iter().filter(|l| l["call"] == "release").collect();
+    assert_eq!(released.len(), 1, "{:?}", r.log);
+    let stats = &released[0]["stats"];
+    assert!(stats["written_back"].as_u64() > Some(0), "{stats}");
+    assert_eq!(
+        stats["free"].as_u64().unwrap_or(0) + stats["host"].as_u64().unwrap_or(0),
+        32,
+        "{stats}: after the release every page is free or the host's"
+    );
+}
+
 fn map_populate_faults_in_what_fits() {
     let r = run("populate", &[("VEPC_EPC", "64K")]);
     ok(&r);
@@ -684,6 +782,19 @@ fn main() {
         (
             "map_populate_faults_in_what_fits",
             map_populate_faults_in_what_fits,
+        ),
+        ("a_poisoned_free_page_through_the_shim_userfaultfd", || {
+            a_poisoned_free_page_through_the_shim("userfaultfd")
+        }),
+        ("a_poisoned_free_page_through_the_shim_eager", || {
+            a_poisoned_free_page_through_the_shim("eager")
+        }),
+        ("a_poisoned_free_page_through_the_shim_auto", || {
+            a_poisoned_free_page_through_the_shim("auto")
+        }),
+        (
+            "a_host_enclave_gives_way_to_vepc",
+            a_host_enclave_gives_way_to_vepc,
         ),
         (
             "release_waits_for_the_last_reference",

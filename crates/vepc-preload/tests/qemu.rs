@@ -20,9 +20,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use common::shim_path;
+use std::os::unix::process::ExitStatusExt;
 use vepc_qemu::check::{INSIDE, SECS_FIRST, SPLIT, TRANSIENT_EBUSY};
 use vepc_qemu::disasm::{self, ThirdArg};
-use vepc_qemu::run::{Run, Setup, qemu_on_path, run};
+
+use vepc_qemu::run::{Run, RunError, Setup, qemu_on_path, run};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Build {
@@ -343,4 +345,155 @@ fn the_third_argument_is_zero_by_construction_in_patched_qemu_only() {
             }
         }
     }
+}
+
+/// EPC with room to spare: 4 MiB more than QEMU's 64 MiB section.
+const SPARE_EPC: &str = "68M,32M";
+
+/// Runs `setup` on every QEMU there is, each run expected to fail, and hands each
+/// failure to `check`.
+fn on_each_qemu_failing(test: &str, setup: Setup, check: impl Fn(Build, &RunError)) {
+    for (build, qemu) in qemus(test) {
+        match run(&qemu, &shim_path(), &setup) {
+            Ok(r) => panic!("{build:?} QEMU ran, and should not have: {}", r.stderr),
+            Err(e) => check(build, &e),
+        }
+    }
+}
+
+/// How QEMU ended when it did not reach QMP, and its stderr.
+fn ended(e: &RunError) -> (Option<i32>, Option<i32>, &str) {
+    match e {
+        RunError::Qmp {
+            status: Some(s),
+            stderr,
+            ..
+        } => (s.code(), s.signal(), stderr),
+        other => panic!("expected QEMU to end before QMP: {other}"),
+    }
+}
+
+/// docs/SEMANTICS.md §7.1 (arch/x86/kernel/cpu/sgx/main.c, `arch_memory_failure`,
+/// Linux 5.17): a page poisoned while free moves to the poison list and is never
+/// handed out. With a page to spare, QEMU's prealloc gets every page from elsewhere
+/// and QEMU never knows.
+#[test]
+fn a_page_poisoned_while_free_never_reaches_qemu() {
+    on_each_qemu(
+        "a_page_poisoned_while_free_never_reaches_qemu",
+        Setup::default()
+            .env("VEPC_EPC", SPARE_EPC)
+            .env("VEPC_INJECT", "poison=0"),
+        |build, r| {
+            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            assert_eq!(inject.len(), 1, "{build:?}");
+            assert_eq!(inject[0]["result"], "ok", "{build:?}: isolated");
+            for c in r.calls() {
+                let want = if c.instance == "S0" { 16384 } else { 8192 };
+                assert_eq!(c.present_pages, want, "{build:?}: {c}");
+            }
+            assert_eq!(rounds(r, 0), "[S0=0 S1=0]", "{build:?}");
+            assert!(r.alive, "{build:?}");
+            assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
+        },
+    );
+}
+
+/// The same page with no EPC to spare: prealloc's last touch finds no free page
+/// (`SIGBUS`), and QEMU, stock or patched, stops at start with its prealloc error.
+#[test]
+fn with_no_epc_to_spare_a_poisoned_page_stops_qemu_at_prealloc() {
+    on_each_qemu_failing(
+        "with_no_epc_to_spare_a_poisoned_page_stops_qemu_at_prealloc",
+        Setup::default().env("VEPC_INJECT", "poison=0"),
+        |build, e| {
+            let (code, signal, stderr) = ended(e);
+            assert_eq!((code, signal), (Some(1), None), "{build:?}: {stderr}");
+            assert!(stderr.contains("prealloc"), "{build:?}: {stderr}");
+        },
+    );
+}
+
+/// Before 5.17 `memory_failure` has no `struct page` for EPC (`-ENXIO`): the page
+/// stays in service, prealloc's touch gets it and dies of the machine check, spare
+/// EPC or not. (The shim delivers `BUS_ADRERR` where the kernel sends `SI_KERNEL`;
+/// QEMU's handlers treat both alike: only `BUS_MCEERR_AO`/`AR` are forwarded to the
+/// guest, see docs/findings.md.)
+#[test]
+fn before_5_17_a_poisoned_page_is_handed_out_and_stops_qemu_at_prealloc() {
+    on_each_qemu_failing(
+        "before_5_17_a_poisoned_page_is_handed_out_and_stops_qemu_at_prealloc",
+        Setup::default()
+            .env("VEPC_EPC", SPARE_EPC)
+            .env("VEPC_KERNEL", "5.15")
+            .env("VEPC_INJECT", "poison=0"),
+        |build, e| {
+            let (code, signal, stderr) = ended(e);
+            assert_eq!((code, signal), (Some(1), None), "{build:?}: {stderr}");
+            assert!(stderr.contains("prealloc"), "{build:?}: {stderr}");
+        },
+    );
+}
+
+/// A page poisoned in use (found asynchronously, so nobody is signalled) stays with
+/// its instance: QEMU reads no EPC page after prealloc, its resets' EREMOVEs succeed
+/// on it as on any page (the model's choice, docs/findings.md), and it neither
+/// notices nor reports anything. The page goes to the poison list only at release.
+#[test]
+fn a_page_poisoned_in_use_goes_unnoticed_by_qemu() {
+    on_each_qemu(
+        "a_page_poisoned_in_use_goes_unnoticed_by_qemu",
+        Setup::default().script("poison S0 5\nexpect ok\nstats\n"),
+        |build, r| {
+            let script: Vec<_> = r.log.iter().filter(|l| l["call"] == "script").collect();
+            assert_eq!(script[0]["result"], "ok", "{build:?}: {script:?}");
+            // In use: on no list yet, so `stats` shows no poisoned page.
+            assert_eq!(
+                script[2]["result"], "free=0 used=24576 zombie=0",
+                "{build:?}"
+            );
+            for n in 0..2 {
+                assert_eq!(rounds(r, n), "[S0=0 S1=0]", "{build:?}");
+                assert_eq!(valid(r, n), "valid pages after: S0=0 S1=0", "{build:?}");
+            }
+            assert!(r.alive, "{build:?}");
+            assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
+        },
+    );
+}
+
+/// docs/SEMANTICS.md §7.2 (arch/x86/kernel/cpu/sgx/main.c, `sgx_alloc_epc_page`,
+/// `ksgxd`): a host enclave holds 32 MiB of 112 MiB of EPC; prealloc's faults find
+/// the free pages gone, ksgxd writes the host's pages back, and every vEPC page
+/// arrives. The script's `reclaimer` says what it cost.
+#[test]
+fn prealloc_completes_beside_a_host_enclave_load() {
+    on_each_qemu(
+        "prealloc_completes_beside_a_host_enclave_load",
+        Setup::default()
+            .env("VEPC_EPC", "80M,32M")
+            .env("VEPC_INJECT", "host-enclave=32M")
+            .script("reclaimer\n"),
+        |build, r| {
+            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            assert_eq!(inject[0]["result"], "ok", "{build:?}");
+            for c in r.calls() {
+                let want = if c.instance == "S0" { 16384 } else { 8192 };
+                assert_eq!(c.present_pages, want, "{build:?}: {c}");
+            }
+            let reclaimer = r
+                .log
+                .iter()
+                .find(|l| l["call"] == "script")
+                .and_then(|l| l["result"].as_str())
+                .unwrap_or_default();
+            let written_back: u64 = reclaimer
+                .strip_prefix("written-back=")
+                .and_then(|r| r.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            assert!(written_back >= 4096, "{build:?}: {reclaimer}");
+            assert!(r.alive, "{build:?}");
+        },
+    );
 }

@@ -104,10 +104,12 @@ pub enum RunError {
     #[error("scratch files: {0}")]
     Scratch(std::io::Error),
     /// QMP failed; QEMU's stderr usually says why.
-    #[error("{err}; QEMU's stderr: {}", stderr_tail(.stderr))]
+    #[error("{err} (QEMU {}); QEMU's stderr: {}", exit_text(.status), stderr_tail(.stderr))]
     Qmp {
         /// What failed.
         err: QmpError,
+        /// How QEMU ended (`None`: still running at the time limit, then killed).
+        status: Option<ExitStatus>,
         /// QEMU's standard error.
         stderr: String,
     },
@@ -119,6 +121,10 @@ pub enum RunError {
         /// QEMU's standard error.
         stderr: String,
     },
+}
+
+fn exit_text(status: &Option<ExitStatus>) -> String {
+    status.map_or_else(|| "killed after the time limit".into(), |s| s.to_string())
 }
 
 fn stderr_tail(s: &str) -> String {
@@ -217,7 +223,13 @@ pub fn run(qemu: &Path, shim: &Path, setup: &Setup) -> Result<Run, RunError> {
         .unwrap_or_default();
     let (resets, alive) = match driven {
         Ok(d) => d,
-        Err(err) => return Err(RunError::Qmp { err, stderr }),
+        Err(err) => {
+            return Err(RunError::Qmp {
+                err,
+                status,
+                stderr,
+            });
+        }
     };
     if !status.is_some_and(|s| s.success()) {
         return Err(RunError::Exit { status, stderr });

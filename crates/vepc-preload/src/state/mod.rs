@@ -25,7 +25,8 @@ use vepc::model::Epc;
 use vepc::sync::unpoisoned as lock;
 
 use crate::config::{Config, FaultMode, instance_name};
-use crate::log::Log;
+use crate::inject::AtStart;
+use crate::log::{Log, result};
 use fds::Descriptors;
 use ioctl::{DriverIoctls, ProgramCaller};
 use maps::FaultNotes;
@@ -123,7 +124,9 @@ impl Shim {
             FaultMode::Userfaultfd => Mode::Userfaultfd,
             FaultMode::Eager => Mode::Eager,
         };
-        let emulated = Emulated::new(Device::new(epc, config.kernel), mode);
+        let device = Device::new(epc, config.kernel);
+        host_at_start(&device, config.inject.at_start(), &log);
+        let emulated = Emulated::new(device, mode);
         emulated.on_release(|r| {
             if let Some(shim) = existing() {
                 shim.released(r);
@@ -287,15 +290,59 @@ impl Shim {
     fn released(&self, r: Released) {
         let name = lock(&self.names).remove(&r.id);
         let s = r.stats;
+        let written_back = self.device().reclaim_stats().written_back;
         self.log.line(
             "release",
             vec![
                 ("instance", name.map_or(Value::Null, Value::from)),
                 (
                     "stats",
-                    serde_json::json!({"free": s.free, "used": s.used, "zombie": s.zombie}),
+                    serde_json::json!({
+                        "free": s.free,
+                        "used": s.used,
+                        "zombie": s.zombie,
+                        "poisoned": s.poisoned,
+                        "host": s.host,
+                        "written_back": written_back,
+                    }),
                 ),
             ],
         );
+    }
+}
+
+/// `VEPC_INJECT`'s host state, made before the program's first call: memory errors
+/// found while the pages are free, then host enclaves. Each is logged with its
+/// answer; none stops the program (a host enclave that does not fit is given up, as
+/// its process would).
+fn host_at_start(device: &Device, at_start: &[AtStart], log: &Log) {
+    for a in at_start {
+        match a {
+            AtStart::Poison(pages) => {
+                for n in pages.clone() {
+                    let paddr = u32::try_from(n)
+                        .map(|n| device.epc().page_addr(vepc::model::EpcPage(n)))
+                        .unwrap_or(u64::MAX);
+                    let handled = device.memory_failure(paddr, false).handled;
+                    log.line(
+                        "inject",
+                        vec![
+                            ("poison", n.into()),
+                            ("result", result(handled.map(|_| "ok"))),
+                        ],
+                    );
+                }
+            }
+            AtStart::HostEnclave(size) => {
+                let built = device.host_enclave_create(size.div_ceil(PAGE_SIZE));
+                log.line(
+                    "inject",
+                    vec![
+                        ("host_enclave", (*size).into()),
+                        ("result", result(built.map(|_| "ok"))),
+                    ],
+                );
+            }
+        }
     }
 }

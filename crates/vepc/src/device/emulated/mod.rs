@@ -289,14 +289,16 @@ impl Emulated {
                     .iter()
                     .map(|r| r.what.file.missing(r.pgoff, (r.end - r.start) / PAGE))
                     .sum();
-                if owed > self.model.epc().free_pages() {
+                // A touch of a page whose memory is bad must get its SIGBUS, which
+                // only a touch the model sees can give.
+                if owed > self.model.epc().free_pages() || self.model.epc().has_bad_memory() {
                     self.leave_fast(state);
                 }
             }
             Faults::Exact => {
-                if let Some(Ok(u)) = self.uffd.get()
-                    && u.register(addr, len).is_err()
-                {
+                // userfaultfd mode may not have been prepared: open it now, so no
+                // first touch escapes the model; where it cannot be had, eager.
+                if !self.uffd().is_some_and(|u| u.register(addr, len).is_ok()) {
                     self.fault_in_now(file, addr, len, pgoff, prot);
                 }
             }
@@ -343,21 +345,29 @@ impl Emulated {
     }
 
     /// The eager way: faults in every page of the range now; the pages the EPC has no
-    /// room for answer SIGBUS from now on.
+    /// room for answer SIGBUS from now on, and so do the pages whose memory is bad
+    /// (their touch is counted now: its end state, the page poisoned in use, is the
+    /// same whenever the touch comes).
     fn fault_in_now(&self, file: &EmulatedFile, addr: usize, len: usize, pgoff: u64, prot: i32) {
         let vepc = file.model.vepc();
         let pages = (len / PAGE) as u64;
-        if vepc.populate(pgoff, pages).is_ok() {
+        let epc = self.model.epc();
+        if vepc.populate(pgoff, pages).is_ok() && !epc.has_bad_memory() {
             return;
         }
+        let answers_sigbus = |i: u64| match vepc.page(pgoff + i) {
+            None => true,
+            Some(p) => epc.is_bad(p) && vepc.touch(pgoff + i).is_err(),
+        };
         let mut i = 0;
         while i < pages {
-            if vepc.page(pgoff + i).is_some() {
+            if !answers_sigbus(i) {
                 i += 1;
                 continue;
             }
             let start = i;
-            while i < pages && vepc.page(pgoff + i).is_none() {
+            i += 1;
+            while i < pages && answers_sigbus(i) {
                 i += 1;
             }
             let at = addr + (start as usize) * PAGE;
@@ -460,7 +470,7 @@ impl Emulated {
         let Some((file, index, prot)) = found else {
             return Answer::Unknown;
         };
-        let answer = match file.model.vepc().fault(index) {
+        let answer = match file.model.vepc().touch(index) {
             Ok(_) => Answer::Backed,
             Err(_) => Answer::Sigbus { prot },
         };
