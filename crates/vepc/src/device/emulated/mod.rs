@@ -298,7 +298,7 @@ impl Emulated {
             Faults::Exact => {
                 // userfaultfd mode may not have been prepared: open it now, so no
                 // first touch escapes the model; where it cannot be had, eager.
-                if !self.uffd().is_some_and(|u| u.register(addr, len).is_ok()) {
+                if self.uffd().is_none_or(|u| u.register(addr, len).is_err()) {
                     self.fault_in_now(file, addr, len, pgoff, prot);
                 }
             }
