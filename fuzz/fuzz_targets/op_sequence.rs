@@ -19,16 +19,41 @@ const REQS: [&str; 6] = [
     "remove-all",
 ];
 const SIZES: [&str; 4] = ["32K", "16K", "0", "5000"];
+const HOSTS: [&str; 2] = ["H", "I"];
+const HOST_SIZES: [&str; 4] = ["4K", "16K", "40K", "8K"];
+const QUERIES: [&str; 5] = ["reclaimer", "svn", "microcode 3", "no-entropy 2", "stats"];
 
-/// Two bytes per operation: the operation, then its operands.
+/// The first byte: the EPC, and how many pages fail before any is handed out. The
+/// second: the kernel, and the host's CPU (EUPDATESVN) and ksgxd. Then two bytes per
+/// operation: the operation, then its operands.
+///
+/// As in the differential test, a page is named by its physical number only before
+/// any page is handed out (the model's free-page order is its own, see
+/// `crates/vepc/tests/differential.rs`), later through a mapping; before 5.17 a bad
+/// page goes back into service, so there a later error is a `touch` instead.
 fn script(data: &[u8]) -> String {
-    let epc = ["16K", "32K 32K", "64K", "48K"][usize::from(data.first().copied().unwrap_or(0) % 4)];
-    let kernel = match data.get(1).copied().unwrap_or(0) % 16 {
-        0 => "kernel 5.15\n",
-        1 => "kernel 5.12\n",
-        _ => "",
+    let first = data.first().copied().unwrap_or(0);
+    let second = data.get(1).copied().unwrap_or(0);
+    let epc = ["16K", "32K 32K", "64K", "48K"][usize::from(first % 4)];
+    let (kernel, isolates) = match second % 16 {
+        0 => ("kernel 5.15\n", false),
+        1 => ("kernel 5.12\n", false),
+        2 => ("kernel 6.19\n", true),
+        _ => ("", true),
     };
     let mut s = format!("epc {epc}\n{kernel}");
+    if second & 0x10 != 0 {
+        s += "cpu eupdatesvn\nmicrocode 2\n";
+    }
+    if second & 0x20 != 0 {
+        s += "ksgxd lazy\n";
+    }
+    if isolates {
+        for k in 0..(first / 4) % 3 {
+            s += &format!("poison {}\nstats\n", first / 16 + k * 5);
+        }
+    }
+    let mut hosts = [false; 2];
     for fd in FDS {
         s += &format!("open {fd}\nmmap {fd} 32K\n");
     }
@@ -38,7 +63,8 @@ fn script(data: &[u8]) -> String {
     for pair in data.get(2..).unwrap_or_default().chunks_exact(2) {
         let (op, arg) = (pair[0], usize::from(pair[1]));
         let (fd, page, encl) = (FDS[arg % 3], (arg / 3) % 8, ENCL[(arg / 24) % 3]);
-        s += &match op % 16 {
+        let host = arg % 2;
+        s += &match op % 22 {
             0 => format!("open {fd}\nmmap {fd} {}", SIZES[(arg / 3) % 4]),
             1 => format!(
                 "mmap {fd} {}{}",
@@ -56,7 +82,23 @@ fn script(data: &[u8]) -> String {
             11 => format!("eremove {fd} {page}"),
             12 | 13 => format!("ioctl {fd} {}", REQS[(arg / 3) % 6]),
             14 => format!("close {fd}"),
-            _ => format!("reset {fd} {}", FDS[(arg / 3 + 1) % 3]),
+            15 => format!("reset {fd} {}", FDS[(arg / 3 + 1) % 3]),
+            16 => format!("{} {fd} {page}", if isolates { "poison" } else { "touch" }),
+            17 | 18 => {
+                hosts[host] = true;
+                format!("host-enclave {} {}", HOSTS[host], HOST_SIZES[(arg / 2) % 4])
+            }
+            19 => {
+                // A host-close names an enclave an earlier host-enclave bound.
+                let build = if hosts[host] {
+                    String::new()
+                } else {
+                    format!("host-enclave {} 16K\n", HOSTS[host])
+                };
+                hosts[host] = true;
+                format!("{build}host-close {}", HOSTS[host])
+            }
+            _ => QUERIES[arg % 5].to_owned(),
         };
         s += "\nstats\n";
     }

@@ -6,6 +6,13 @@
 //! reset protocol, and releases everything. Reports per phase the pages, wall time and
 //! pages per second; peak memory and model bytes per EPC page; and what the EREMOVEs
 //! would cost on hardware.
+//!
+//! With `--host-enclave SIZE`, a host enclave of that size is built first, through
+//! `/dev/sgx_enclave`, before any guest page (docs/SEMANTICS.md §7.2). The guest's
+//! faults then find the free pages taken, and ksgxd writes the host's pages back. The
+//! report says what an operator sizing a host needs to know: how much of the guest's
+//! EPC fitted beside that load, and what it cost in write-backs, ksgxd wake-ups and
+//! faults retried.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,6 +50,10 @@ pub struct Args {
     /// Do not ask glibc for transparent huge pages (see `main`).
     #[arg(long)]
     small_pages: bool,
+    /// Build a host enclave of this SIZE before the guest (docs/SCRIPT.md SIZE
+    /// syntax), and report how much vEPC fits beside it and the write-backs it costs.
+    #[arg(long, value_name = "SIZE")]
+    host_enclave: Option<String>,
 }
 
 /// glibc's tunable that makes malloc advise transparent huge pages for its memory.
@@ -73,6 +84,28 @@ struct Report {
     eremove_ns: u64,
     hardware_s: f64,
     phases: Vec<Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<HostLoad>,
+}
+
+/// The host enclave load beside the guest, and what the guest's faults cost it.
+#[derive(Debug, Serialize)]
+struct HostLoad {
+    /// The enclave's size in pages (its SECS and VA pages not counted).
+    enclave_pages: u64,
+    /// Its pages in the EPC when the guest starts (the build itself may have written
+    /// some back: a host enclave may be larger than the EPC), and after the guest's
+    /// fault-in.
+    resident_before: u64,
+    resident_after: u64,
+    /// The guest pages asked for, and those that got an EPC page (the rest: SIGBUS).
+    wanted_pages: u64,
+    fitted_pages: u64,
+    /// During the guest's fault-in: pages ksgxd wrote back (EWB), times it was woken,
+    /// vEPC faults retried.
+    written_back: u64,
+    ksgxd_wakeups: u64,
+    fault_retries: u64,
 }
 
 /// Enclave sizes the guest cycles through, in pages (SECS included).
@@ -161,6 +194,24 @@ fn run(args: &Args) -> Result<(), String> {
     let epc_pages = u64::from(device.epc().pages());
     phases.push(phase("epc", epc_pages, t.elapsed(), None, 0));
 
+    let host = match &args.host_enclave {
+        None => None,
+        Some(size) => {
+            let bytes =
+                vepc::number::parse_size(size).map_err(|e| format!("--host-enclave: {e}"))?;
+            let pages = bytes.div_ceil(PAGE_SIZE);
+            let t = Instant::now();
+            let id = device.host_enclave_create(pages).map_err(|e| {
+                format!(
+                    "--host-enclave {size}: the host enclave does not fit ({e}): its VA \
+                     pages, one per 512 pages, cannot be written back"
+                )
+            })?;
+            phases.push(phase("host", pages, t.elapsed(), None, 0));
+            Some((id, pages, device.host_pages(), device.reclaim_stats()))
+        }
+    };
+
     // One instance per section, mapped whole, its vCPUs on that section's node.
     let mut guest: Vec<ModelSection> = sections
         .iter()
@@ -175,9 +226,25 @@ fn run(args: &Args) -> Result<(), String> {
         .iter()
         .map(|&b| (b / PAGE_SIZE).min(share))
         .collect();
-    let populated: u64 = want.iter().sum();
+    let wanted: u64 = want.iter().sum();
 
-    phases.push(fault_in(&guest, &want, populated));
+    phases.push(fault_in(&guest, &want, wanted));
+    // A host load can leave some of the guest's pages without EPC.
+    let populated: u64 = guest.iter().map(|g| g.file.vepc().present_pages()).sum();
+    let host = host.map(|(id, enclave_pages, resident_before, before)| {
+        let r = device.reclaim_stats();
+        let load = HostLoad {
+            enclave_pages,
+            resident_before,
+            resident_after: device.host_pages(),
+            wanted_pages: wanted,
+            fitted_pages: populated,
+            written_back: r.written_back - before.written_back,
+            ksgxd_wakeups: r.ksgxd_wakeups - before.ksgxd_wakeups,
+            fault_retries: r.fault_retries - before.fault_retries,
+        };
+        (id, load)
+    });
     phases.push(build_enclaves(&device, &guest, &want, populated));
     let model_bytes = device.heap_bytes() as u64;
     phases.push(reset_guest(&mut guest, args, populated)?);
@@ -187,6 +254,10 @@ fn run(args: &Args) -> Result<(), String> {
     spinner.enable_steady_tick(Duration::from_millis(100));
     drop(guest);
     spinner.finish_and_clear();
+    let host = host.map(|(id, load)| {
+        device.host_enclave_release(id);
+        load
+    });
     phases.push(phase(
         "release",
         populated,
@@ -210,6 +281,7 @@ fn run(args: &Args) -> Result<(), String> {
         eremove_ns: args.eremove_ns,
         hardware_s: phases.iter().filter_map(|p| p.hardware_s).sum(),
         phases,
+        host,
     };
     print(&report, args.json);
     Ok(())
@@ -438,4 +510,26 @@ fn print(r: &Report, json: bool) {
         r.model_bytes_per_page,
         gib(r.peak_rss_bytes)
     ));
+    if let Some(h) = &r.host {
+        let pct = |n: u64, of: u64| {
+            if of == 0 {
+                0.0
+            } else {
+                100.0 * n as f64 / of as f64
+            }
+        };
+        out(&format!(
+            "host      an enclave of {} pages, {} in the EPC: {} of {} guest pages fitted ({:.2}%), {} got SIGBUS",
+            h.enclave_pages,
+            h.resident_before,
+            h.fitted_pages,
+            h.wanted_pages,
+            pct(h.fitted_pages, h.wanted_pages),
+            h.wanted_pages - h.fitted_pages
+        ));
+        out(&format!(
+            "          for the guest ksgxd wrote {} pages back in {} wake-ups, {} faults retried; {} host pages still resident",
+            h.written_back, h.ksgxd_wakeups, h.fault_retries, h.resident_after
+        ));
+    }
 }

@@ -236,6 +236,65 @@ fn bench_can_populate_a_few_pages_of_a_large_epc() {
     );
 }
 
+/// docs/SEMANTICS.md §7.2 at bench scale: a 4 MiB host enclave (1024 pages, its SECS
+/// and 3 VA pages) beside a 24 MiB guest in 24 MiB of EPC. Everything but the VA
+/// pages is written back, so exactly 3 guest pages get SIGBUS; the bench checks that
+/// after the release (and the host enclave's) every page is free again.
+#[test]
+fn bench_says_what_fits_beside_a_host_enclave() {
+    let o = vepc(
+        &[
+            "bench",
+            "--sections",
+            "16M,8M",
+            "--host-enclave",
+            "4M",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let v: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap_or_default()).expect("JSON");
+    let h = &v["host"];
+    assert_eq!(h["enclave_pages"], 1024, "{h}");
+    assert_eq!(
+        h["resident_before"],
+        1024 + 1 + 3,
+        "{h}: with its SECS and VA pages"
+    );
+    assert_eq!(h["wanted_pages"], 6144, "{h}");
+    assert_eq!(h["fitted_pages"], 6144 - 3, "{h}");
+    assert_eq!(h["resident_after"], 3, "{h}: the VA pages");
+    assert_eq!(h["written_back"], 1025, "{h}: every child, then the SECS");
+    assert!(h["ksgxd_wakeups"].as_u64() > Some(0), "{h}");
+    assert_eq!(v["populated_pages"], 6144 - 3);
+    let names: Vec<_> = v["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["epc", "host", "fault_in", "build", "reset", "release"]
+    );
+    // Without the option, no host object at all.
+    let o = vepc(&["bench", "--sections", "16M", "--json"], None);
+    let v: serde_json::Value =
+        serde_json::from_str(text(&o.stdout).lines().last().unwrap_or_default()).expect("JSON");
+    assert!(v.get("host").is_none(), "{v}");
+    // A host enclave may be larger than the EPC (it pages itself out), but not one
+    // whose VA pages alone fill it (2048 pages need 5 VA pages, 16K is 4 pages):
+    // one line, exit 2.
+    for (bad, says) in [("8M", "does not fit"), ("12X", "--host-enclave")] {
+        let o = vepc(&["bench", "--sections", "16K", "--host-enclave", bad], None);
+        assert_eq!(o.status.code(), Some(2), "{bad}");
+        let err = text(&o.stderr);
+        assert!(err.contains(says) && err.lines().count() == 1, "{err}");
+    }
+}
+
 #[test]
 fn bench_rejects_bad_sections_with_one_line() {
     for bad in ["0", "12X", "4097", "16T,16T"] {

@@ -272,3 +272,39 @@ fn faults_take_their_nodes_section_first_then_any_other() {
         Ok(true)
     );
 }
+
+/// `populate` takes pages in batches where a run of faults would only take free
+/// pages (docs/SEMANTICS.md §7.2): beside a host enclave it must still give every
+/// index the page, and leave ksgxd the write-backs and wake-ups, that fault after
+/// fault gives, up to the last page that fits and the SIGBUS after it.
+#[test]
+fn populate_beside_a_host_enclave_is_fault_after_fault() {
+    let run = |populate: bool| {
+        let dev = device(1024);
+        dev.host_enclave_create(700).expect("the host enclave fits");
+        let file = dev.open().expect("open");
+        let map = file.mmap(1100 * 4096, Sharing::Shared, 0).expect("mmap");
+        let end = if populate {
+            match map.populate() {
+                Ok(()) => 1100,
+                Err(_) => file.vepc().present_pages(),
+            }
+        } else {
+            (0..1100)
+                .find(|&i| map.fault_in(i).is_err())
+                .unwrap_or(1100)
+        };
+        dev.check().expect("consistent");
+        (end, file.vepc().pages(), dev.reclaim_stats(), dev.stats())
+    };
+    let (faulted, populated) = (run(false), run(true));
+    assert!(faulted.0 < 1024, "some pages do not fit: {}", faulted.0);
+    assert!(faulted.2.written_back > 600, "{:?}", faulted.2);
+    assert_eq!(
+        populated.0, faulted.0,
+        "the first index left without a page"
+    );
+    assert_eq!(populated.1, faulted.1, "the same EPC page for each index");
+    assert_eq!(populated.2, faulted.2, "the same write-backs and wake-ups");
+    assert_eq!(populated.3, faulted.3);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Device;
 use super::page_map::PageMap;
-use super::reclaim::AllocError;
+use super::reclaim::{AllocError, SGX_NR_LOW_PAGES};
 use super::vfs::{Caller, Vfs, do_vfs_ioctl};
 use crate::abi::{EnclsError, Errno, FaultError, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
@@ -144,31 +144,66 @@ impl Vepc {
     /// Faults in every index of `start..start + count` in order, as `MAP_POPULATE` or
     /// a guest touching each page would: the same pages as that many
     /// [`fault`](Self::fault) calls, taken from the pools in batches. Stops with
-    /// `SIGBUS` at the first index no free EPC page is left for. With host enclave
-    /// pages to reclaim, each index goes through [`fault`](Self::fault) instead.
+    /// `SIGBUS` at the first index no free EPC page is left for.
+    ///
+    /// With host enclave pages to reclaim, a run of faults that leaves at least
+    /// `SGX_NR_LOW_PAGES` free wakes nobody and takes only free pages, so it is still
+    /// taken in a batch; past the watermark, each index goes through
+    /// [`fault`](Self::fault), ksgxd and all.
     pub fn populate(&self, start: u64, count: u64) -> Result<(), FaultError> {
-        if self.device.has_reclaimable() {
-            return (start..start.saturating_add(count)).try_for_each(|i| self.fault(i).map(drop));
+        let end = start.saturating_add(count);
+        let mut at = start;
+        while at < end {
+            if !self.device.has_reclaimable() {
+                return self
+                    .take_free(at, end - at)
+                    .map_err(|_| FaultError::Signal(Signal::Sigbus));
+            }
+            let epc = self.device.epc();
+            let quiet = epc
+                .free_pages()
+                .min(epc.nr_free_pages().saturating_sub(SGX_NR_LOW_PAGES));
+            if quiet == 0 {
+                self.fault(at)?;
+                at += 1;
+                continue;
+            }
+            let n = quiet.min(end - at);
+            // Another thread may have taken pages meanwhile: go on fault by fault
+            // from the first index left empty.
+            at = match self.take_free(at, n) {
+                Ok(()) => at + n,
+                Err(empty) => empty,
+            };
         }
+        Ok(())
+    }
+
+    /// Gives the empty indices of `start..start + count` free pages, in order, in
+    /// batches; `Err` with the first index left empty when the free pages run out.
+    fn take_free(&self, start: u64, count: u64) -> Result<(), u64> {
         let _guard = crate::sync::lock(&self.fault_lock);
         let epc = self.device.epc();
         let mut batch: Vec<EpcPage> = Vec::with_capacity(4096);
         let mut at = 0;
-        self.pages
-            .fill(start, count, || {
-                if at == batch.len() {
-                    batch.clear();
-                    at = 0;
-                    epc.alloc_pages_near(self.node, 4096, &mut batch);
-                }
-                let p = batch.get(at).copied();
-                at += 1;
-                p
-            })
-            .map_err(|_| FaultError::Signal(Signal::Sigbus))?;
+        let mut wanted = count;
+        let filled = self.pages.fill(start, count, || {
+            if at == batch.len() {
+                batch.clear();
+                at = 0;
+                // No more than the range can use: pages taken and given back would
+                // be missing for a moment to another thread's fault.
+                let take = wanted.min(4096) as usize;
+                epc.alloc_pages_near(self.node, take, &mut batch);
+                wanted -= batch.len() as u64;
+            }
+            let p = batch.get(at).copied();
+            at += 1;
+            p
+        });
         // Pages taken for the batch but not needed go back.
         epc.free_pages_batch(batch.get(at..).unwrap_or_default());
-        Ok(())
+        filled
     }
 
     /// `sgx_vepc_remove_all`: EREMOVE every page in ascending index order. Counts the
