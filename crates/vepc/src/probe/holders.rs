@@ -7,7 +7,7 @@
 //! (the VMA holds the file), so both are looked for: `/proc/PID/fd/*` by the inode the
 //! link leads to, `/proc/PID/maps` by the inode it names.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The SGX files that count a user (`/dev/sgx_provision` does not).
 pub const COUNTED_NODES: [&str; 2] = ["/dev/sgx_vepc", "/dev/sgx_enclave"];
@@ -89,9 +89,7 @@ pub fn scan(proc_root: &Path, nodes: &[&Path]) -> Holders {
 
 /// Scans `/proc` for the holders of the SGX files that count a user.
 pub fn scan_host() -> Holders {
-    let nodes: Vec<PathBuf> = COUNTED_NODES.iter().map(PathBuf::from).collect();
-    let refs: Vec<&Path> = nodes.iter().map(PathBuf::as_path).collect();
-    scan(Path::new("/proc"), &refs)
+    scan(Path::new("/proc"), &COUNTED_NODES.map(Path::new))
 }
 
 /// A file's identity: (device, inode).
