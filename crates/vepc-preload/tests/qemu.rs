@@ -415,22 +415,27 @@ fn with_no_epc_to_spare_a_poisoned_page_stops_qemu_at_prealloc() {
 }
 
 /// Before 5.17 `memory_failure` has no `struct page` for EPC (`-ENXIO`): the page
-/// stays in service, prealloc's touch gets it and dies of the machine check, spare
-/// EPC or not. (The shim delivers `BUS_ADRERR` where the kernel sends `SI_KERNEL`;
-/// QEMU's handlers treat both alike: only `BUS_MCEERR_AO`/`AR` are forwarded to the
-/// guest, see docs/findings.md.)
+/// stays in service and prealloc gets it. QEMU 7.2 preallocates with
+/// `MADV_POPULATE_WRITE`, which faults pages in and reads none, so nothing consumes
+/// the poison: QEMU starts, resets, and runs with a bad page in its guest's EPC. The
+/// guest's first read of it would be the machine check (a `SIGBUS` that QEMU does not
+/// forward to the guest, see docs/findings.md); these tests run no guest code.
 #[test]
-fn before_5_17_a_poisoned_page_is_handed_out_and_stops_qemu_at_prealloc() {
-    on_each_qemu_failing(
-        "before_5_17_a_poisoned_page_is_handed_out_and_stops_qemu_at_prealloc",
+fn before_5_17_a_poisoned_page_reaches_qemu_and_prealloc_does_not_notice() {
+    on_each_qemu(
+        "before_5_17_a_poisoned_page_reaches_qemu_and_prealloc_does_not_notice",
         Setup::default()
             .env("VEPC_EPC", SPARE_EPC)
             .env("VEPC_KERNEL", "5.15")
             .env("VEPC_INJECT", "poison=0"),
-        |build, e| {
-            let (code, signal, stderr) = ended(e);
-            assert_eq!((code, signal), (Some(1), None), "{build:?}: {stderr}");
-            assert!(stderr.contains("prealloc"), "{build:?}: {stderr}");
+        |build, r| {
+            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            assert_eq!(inject[0]["result"], "ENXIO", "{build:?}: not isolated");
+            for c in r.calls() {
+                let want = if c.instance == "S0" { 16384 } else { 8192 };
+                assert_eq!(c.present_pages, want, "{build:?}: {c}");
+            }
+            assert!(r.alive, "{build:?}");
         },
     );
 }

@@ -125,35 +125,31 @@ fn with_every_mapping_gone_first_touches_are_fast_again() {
     assert_eq!(used(&dev), 16);
 }
 
-/// docs/SEMANTICS.md §7.1 on the emulated device: before 5.17 a page poisoned while
-/// free is handed out, and the first touch that gets it answers SIGBUS, in every mode
-/// (fast mode turns exact, since only a touch the model sees can be signalled); the
-/// pages around it are memory. From 5.17 the page is never handed out.
+/// docs/SEMANTICS.md §7.1 on the emulated device. Before 5.17 a page poisoned while
+/// free is handed out, and no access through the device consumes its poison: the
+/// VMM's accesses to EPC, and a guest's outside an enclave, get abort-page
+/// semantics, not the page's data. From 5.17 the page is never handed out.
 #[test]
-fn the_first_touch_of_a_poisoned_page_is_sigbus() {
+fn a_poisoned_page_is_handed_out_before_5_17_and_no_access_signals_it() {
     for mode in [FaultMode::Auto, FaultMode::Userfaultfd, FaultMode::Eager] {
         let dev = emulated_on(8, mode, KernelVersion::new(5, 15));
-        let epc = dev.model().epc();
-        let bad = epc.page_addr(vepc::model::EpcPage(2));
-        let isolated = dev.model().memory_failure(bad, false).handled;
-        assert_eq!(isolated, Err(Errno::ENXIO), "5.15 cannot isolate it");
+        let bad = vepc::model::EpcPage(2);
+        let paddr = dev.model().epc().page_addr(bad);
+        let handled = dev.model().memory_failure(paddr, false).handled;
+        assert_eq!(handled, Err(Errno::ENXIO), "5.15 cannot isolate it");
         let s = section(&dev, 8);
-        assert_ne!(dev.faults(), Faults::Fast, "{mode:?}");
-        let got = touch(&dev, &s, 0..8);
-        // Pages are handed out in order: the third touch gets the bad page.
-        let mut want = vec![Ok(()); 8];
-        want[2] = Err(Errno::EFAULT);
-        assert_eq!(got, want, "{mode:?}");
-        assert_eq!(
-            touch(&dev, &s, [2]),
-            [Err(Errno::EFAULT)],
-            "{mode:?}: stays"
-        );
+        assert!(touch(&dev, &s, 0..8).iter().all(Result::is_ok), "{mode:?}");
+        // Reading the counts settles fast mode's touches first.
         assert_eq!(dev.stats().used, 8, "{mode:?}");
+        let vepc = s.fd().model().expect("emulated").vepc().clone();
+        assert!(
+            vepc.pages().iter().any(|&(_, p)| p == bad),
+            "{mode:?}: the bad page is in service"
+        );
     }
     let dev = emulated_on(8, FaultMode::Auto, KernelVersion::DEFAULT);
-    let bad = dev.model().epc().page_addr(vepc::model::EpcPage(2));
-    assert!(dev.model().memory_failure(bad, false).handled.is_ok());
+    let paddr = dev.model().epc().page_addr(vepc::model::EpcPage(2));
+    assert!(dev.model().memory_failure(paddr, false).handled.is_ok());
     let s = section(&dev, 8);
     let got = touch(&dev, &s, 0..8);
     assert_eq!(got, [vec![Ok(()); 7], vec![Err(Errno::EFAULT)]].concat());

@@ -310,12 +310,6 @@ impl Epc {
         new
     }
 
-    /// Whether any page's memory has failed: until then no read can raise a machine
-    /// check, and a user of the model may skip looking.
-    pub fn has_bad_memory(&self) -> bool {
-        self.bad_count.load(Ordering::Relaxed) != 0
-    }
-
     /// Whether reading page `p` raises a machine check.
     pub fn is_bad(&self, p: EpcPage) -> bool {
         self.bad_count.load(Ordering::Relaxed) != 0 && lock(&self.bad).contains(&p.0)

@@ -289,9 +289,7 @@ impl Emulated {
                     .iter()
                     .map(|r| r.what.file.missing(r.pgoff, (r.end - r.start) / PAGE))
                     .sum();
-                // A touch of a page whose memory is bad must get its SIGBUS, which
-                // only a touch the model sees can give.
-                if owed > self.model.epc().free_pages() || self.model.epc().has_bad_memory() {
+                if owed > self.model.epc().free_pages() {
                     self.leave_fast(state);
                 }
             }
@@ -344,30 +342,22 @@ impl Emulated {
         }
     }
 
-    /// The eager way: faults in every page of the range now; the pages the EPC has no
-    /// room for answer SIGBUS from now on, and so do the pages whose memory is bad
-    /// (their touch is counted now: its end state, the page poisoned in use, is the
-    /// same whenever the touch comes).
+    /// The eager way: faults in every page of the range now, as `MAP_POPULATE` does;
+    /// the pages the EPC has no room for answer SIGBUS from now on.
     fn fault_in_now(&self, file: &EmulatedFile, addr: usize, len: usize, pgoff: u64, prot: i32) {
         let vepc = file.model.vepc();
         let pages = (len / PAGE) as u64;
-        let epc = self.model.epc();
-        if vepc.populate(pgoff, pages).is_ok() && !epc.has_bad_memory() {
+        if vepc.populate(pgoff, pages).is_ok() {
             return;
         }
-        let answers_sigbus = |i: u64| match vepc.page(pgoff + i) {
-            None => true,
-            Some(p) => epc.is_bad(p) && vepc.touch(pgoff + i).is_err(),
-        };
         let mut i = 0;
         while i < pages {
-            if !answers_sigbus(i) {
+            if vepc.page(pgoff + i).is_some() {
                 i += 1;
                 continue;
             }
             let start = i;
-            i += 1;
-            while i < pages && answers_sigbus(i) {
+            while i < pages && vepc.page(pgoff + i).is_none() {
                 i += 1;
             }
             let at = addr + (start as usize) * PAGE;
@@ -458,7 +448,10 @@ impl Emulated {
         drop(gone);
     }
 
-    /// A first touch of the page at `page`, as `sgx_vepc_fault` answers it.
+    /// A first touch of the page at `page`, as `sgx_vepc_fault` answers it. A bad
+    /// page's poison is never consumed here: every access the device sees is the
+    /// VMM's or a guest's outside an enclave, and those get abort-page semantics on
+    /// EPC, not its data (docs/SEMANTICS.md §7.1).
     fn resolve(&self, page: usize) -> Answer {
         let found = {
             let state = lock(&self.state);
@@ -470,7 +463,7 @@ impl Emulated {
         let Some((file, index, prot)) = found else {
             return Answer::Unknown;
         };
-        let answer = match file.model.vepc().touch(index) {
+        let answer = match file.model.vepc().fault(index) {
             Ok(_) => Answer::Backed,
             Err(_) => Answer::Sigbus { prot },
         };
