@@ -28,7 +28,9 @@ pub struct Args {
     /// the program's instances are S0, S1, … in the order it maps them.
     #[arg(long)]
     script: Option<PathBuf>,
-    /// REMOVE_ALL answers to force (VEPC_INJECT), e.g. `S0:remove-all=EBUSY@1`.
+    /// Injected faults (VEPC_INJECT): REMOVE_ALL answers to force, e.g.
+    /// `S0:remove-all=EBUSY@1`, and the host at start: `poison=N[-M]`,
+    /// `host-enclave=SIZE`.
     #[arg(long)]
     inject: Option<String>,
     /// Append one JSON object per intercepted call to this file (VEPC_LOG).
