@@ -72,6 +72,20 @@ fn on_each_qemu(test: &str, setup: Setup, check: impl Fn(Build, &Run)) {
     }
 }
 
+/// prealloc=on touched every page of both sections (64 MiB and 32 MiB), and each
+/// touch was a fault the model counted: every call saw them all present.
+fn every_page_preallocated(build: Build, r: &Run) {
+    for c in r.calls() {
+        let want = if c.instance == "S0" { 16384 } else { 8192 };
+        assert_eq!(c.present_pages, want, "{build:?}: {c}");
+    }
+}
+
+/// The shim's `VEPC_INJECT` lines for the host at start, in order.
+fn injected(r: &Run) -> Vec<&serde_json::Value> {
+    r.log.iter().filter(|l| l["call"] == "inject").collect()
+}
+
 fn rounds(r: &Run, reset: usize) -> String {
     r.resets[reset].rounds_text()
 }
@@ -385,13 +399,10 @@ fn a_page_poisoned_while_free_never_reaches_qemu() {
             .env("VEPC_EPC", SPARE_EPC)
             .env("VEPC_INJECT", "poison=0"),
         |build, r| {
-            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            let inject = injected(r);
             assert_eq!(inject.len(), 1, "{build:?}");
             assert_eq!(inject[0]["result"], "ok", "{build:?}: isolated");
-            for c in r.calls() {
-                let want = if c.instance == "S0" { 16384 } else { 8192 };
-                assert_eq!(c.present_pages, want, "{build:?}: {c}");
-            }
+            every_page_preallocated(build, r);
             assert_eq!(rounds(r, 0), "[S0=0 S1=0]", "{build:?}");
             assert!(r.alive, "{build:?}");
             assert!(r.stderr_lines(RESET_ERROR).is_empty(), "{}", r.stderr);
@@ -429,12 +440,9 @@ fn before_5_17_a_poisoned_page_reaches_qemu_and_prealloc_does_not_notice() {
             .env("VEPC_KERNEL", "5.15")
             .env("VEPC_INJECT", "poison=0"),
         |build, r| {
-            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            let inject = injected(r);
             assert_eq!(inject[0]["result"], "ENXIO", "{build:?}: not isolated");
-            for c in r.calls() {
-                let want = if c.instance == "S0" { 16384 } else { 8192 };
-                assert_eq!(c.present_pages, want, "{build:?}: {c}");
-            }
+            every_page_preallocated(build, r);
             assert!(r.alive, "{build:?}");
         },
     );
@@ -480,12 +488,9 @@ fn prealloc_completes_beside_a_host_enclave_load() {
             .env("VEPC_INJECT", "host-enclave=32M")
             .script("reclaimer\n"),
         |build, r| {
-            let inject: Vec<_> = r.log.iter().filter(|l| l["call"] == "inject").collect();
+            let inject = injected(r);
             assert_eq!(inject[0]["result"], "ok", "{build:?}");
-            for c in r.calls() {
-                let want = if c.instance == "S0" { 16384 } else { 8192 };
-                assert_eq!(c.present_pages, want, "{build:?}: {c}");
-            }
+            every_page_preallocated(build, r);
             let reclaimer = r
                 .log
                 .iter()

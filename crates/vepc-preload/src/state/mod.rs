@@ -320,9 +320,7 @@ fn host_at_start(device: &Device, at_start: &[AtStart], log: &Log) {
         match a {
             AtStart::Poison(pages) => {
                 for n in pages.clone() {
-                    let paddr = u32::try_from(n)
-                        .map(|n| device.epc().page_addr(vepc::model::EpcPage(n)))
-                        .unwrap_or(u64::MAX);
+                    let paddr = device.epc().page_number_addr(n);
                     let handled = device.memory_failure(paddr, false).handled;
                     log.line(
                         "inject",

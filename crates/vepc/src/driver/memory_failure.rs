@@ -6,11 +6,12 @@
 //! interrupt: no task is involved) or synchronously, by the machine check of the task
 //! that read the poisoned data (`MF_ACTION_REQUIRED`). Only an enclave access reads
 //! EPC data: an access from outside an enclave gets abort-page semantics (Intel SDM
-//! Vol. 3D §38.5.1), so a VMM's own accesses to its vEPC mapping never consume poison. Since 5.17 the page gets
-//! `page->poison`: a free page moves to its node's poison list at once, a page in use
-//! stays with its owner (off the reclaimer's list) and goes to the poison list when it
-//! is freed, at release or from the zombie list. A synchronous error ends in
-//! `force_sig(SIGBUS)`: `si_code` `SI_KERNEL`, no address. Before 5.17,
+//! Vol. 3D §38.5.1), so a VMM's own accesses to its vEPC mapping never consume
+//! poison. Since 5.17 the page gets `page->poison`: a free page moves to its node's
+//! poison list at once, a page in use stays with its owner (off the reclaimer's list)
+//! and goes to the poison list when it is freed, at release or from the zombie list.
+//! A synchronous error ends in `force_sig(SIGBUS)`: `si_code` `SI_KERNEL`, no
+//! address. Before 5.17,
 //! `memory_failure` finds no `struct page` for EPC and answers `-ENXIO` ("memory
 //! outside kernel control"): the page stays in service and is handed out again, and a
 //! synchronous error still kills with `force_sig(SIGBUS)` (`kill_me_now`).

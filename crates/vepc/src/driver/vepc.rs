@@ -132,15 +132,6 @@ impl Vepc {
         Ok(p)
     }
 
-    /// A first access to `index` that reads it, as a guest's touch through the
-    /// VMM's mapping does: the [`fault`](Self::fault), then `SIGBUS` (`SI_KERNEL`,
-    /// after the kernel has handled the machine check) if the page's memory is bad.
-    pub fn touch(&self, index: u64) -> Result<EpcPage, FaultError> {
-        let p = self.fault(index)?;
-        self.device.consume(p)?;
-        Ok(p)
-    }
-
     /// Faults in every index of `start..start + count` in order, as `MAP_POPULATE` or
     /// a guest touching each page would: the same pages as that many
     /// [`fault`](Self::fault) calls, taken from the pools in batches. Stops with
@@ -399,10 +390,9 @@ impl Mapping {
     /// the mapping, otherwise the fault of index `pgoff + page`, then the read, which
     /// gets `SIGBUS` (`SI_KERNEL`) if the page's memory is poisoned.
     pub fn touch(&self, page: u64) -> Result<EpcPage, FaultError> {
-        if page >= self.pages {
-            return Err(Signal::Sigsegv.into());
-        }
-        self.vepc.touch(self.pgoff + page)
+        let p = self.fault_in(page)?;
+        self.vepc.device.consume(p)?;
+        Ok(p)
     }
 
     /// The fault of the mapping's `page`-th page, without reading it (what an ENCLS

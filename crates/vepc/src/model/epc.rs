@@ -381,6 +381,15 @@ impl Epc {
         EPC_PHYS_BASE + p.0 as u64 * PAGE_SIZE
     }
 
+    /// The physical address EPC page number `n` (0-based over all sections) would
+    /// have, whether or not the EPC has that many: how the scenario language's
+    /// `poison N` and the shim's `poison=N` name a page. `u64::MAX` past any address.
+    pub fn page_number_addr(&self, n: u64) -> u64 {
+        n.checked_mul(PAGE_SIZE)
+            .and_then(|off| off.checked_add(EPC_PHYS_BASE))
+            .unwrap_or(u64::MAX)
+    }
+
     /// The page an ENCLS operand names: `#GP` if it is not 4 KiB aligned, `#PF` if it
     /// is not an EPC page (the SDM's first two checks of every page operand).
     pub fn page_at(&self, addr: u64) -> Result<EpcPage, EnclsError> {

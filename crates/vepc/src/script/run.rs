@@ -249,12 +249,7 @@ impl Runner {
             Command::Reset(names) => self.reset(names),
             Command::Stats => Ok(self.device.stats().to_string()),
             Command::Expect(_) => Ok("ok".into()),
-            Command::PoisonPage(n) => {
-                let paddr = u32::try_from(*n)
-                    .map(|n| epc.page_addr(EpcPage(n)))
-                    .unwrap_or(u64::MAX);
-                self.poison(paddr)
-            }
+            Command::PoisonPage(n) => self.poison(epc.page_number_addr(*n)),
             Command::Poison { fd, page } => {
                 let slot = self.slot(fd);
                 let backing = self.mapping_of(slot, *page)?.backing(*page);
