@@ -26,6 +26,7 @@
 pub mod config;
 pub mod inject;
 pub mod log;
+pub mod path;
 pub mod state;
 
 #[allow(unsafe_code)]

@@ -24,6 +24,24 @@ impl Failure for *mut c_void {
     }
 }
 
+impl Failure for isize {
+    fn failure() -> Self {
+        -1
+    }
+}
+
+impl Failure for i64 {
+    fn failure() -> Self {
+        -1
+    }
+}
+
+impl Failure for *mut libc::FILE {
+    fn failure() -> Self {
+        std::ptr::null_mut()
+    }
+}
+
 /// The calling thread's `errno`.
 pub fn errno() -> Errno {
     // SAFETY: __errno_location returns the calling thread's errno slot, always valid.
@@ -105,6 +123,46 @@ next! {
     faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int;
     euidaccess(path: *const c_char, mode: c_int) -> c_int;
     eaccess(path: *const c_char, mode: c_int) -> c_int;
+    closefrom(low: c_int) -> c_int;
+    read(fd: c_int, buf: *mut c_void, n: usize) -> isize;
+    write(fd: c_int, buf: *const c_void, n: usize) -> isize;
+    pread(fd: c_int, buf: *mut c_void, n: usize, off: i64) -> isize;
+    pread64(fd: c_int, buf: *mut c_void, n: usize, off: i64) -> isize;
+    pwrite(fd: c_int, buf: *const c_void, n: usize, off: i64) -> isize;
+    pwrite64(fd: c_int, buf: *const c_void, n: usize, off: i64) -> isize;
+    readv(fd: c_int, iov: *const libc::iovec, n: c_int) -> isize;
+    writev(fd: c_int, iov: *const libc::iovec, n: c_int) -> isize;
+    preadv(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> isize;
+    preadv64(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> isize;
+    pwritev(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> isize;
+    pwritev64(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64) -> isize;
+    preadv2(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64, flags: c_int) -> isize;
+    preadv64v2(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64, flags: c_int) -> isize;
+    pwritev2(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64, flags: c_int) -> isize;
+    pwritev64v2(fd: c_int, iov: *const libc::iovec, n: c_int, off: i64, flags: c_int) -> isize;
+    lseek(fd: c_int, off: i64, whence: c_int) -> i64;
+    lseek64(fd: c_int, off: i64, whence: c_int) -> i64;
+    ftruncate(fd: c_int, len: i64) -> c_int;
+    ftruncate64(fd: c_int, len: i64) -> c_int;
+    truncate(path: *const c_char, len: i64) -> c_int;
+    truncate64(path: *const c_char, len: i64) -> c_int;
+    fallocate(fd: c_int, mode: c_int, off: i64, len: i64) -> c_int;
+    fallocate64(fd: c_int, mode: c_int, off: i64, len: i64) -> c_int;
+    posix_fallocate(fd: c_int, off: i64, len: i64) -> c_int;
+    posix_fallocate64(fd: c_int, off: i64, len: i64) -> c_int;
+    madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
+    posix_madvise(addr: *mut c_void, len: usize, advice: c_int) -> c_int;
+    mlock(addr: *const c_void, len: usize) -> c_int;
+    mlock2(addr: *const c_void, len: usize, flags: c_uint) -> c_int;
+    munlock(addr: *const c_void, len: usize) -> c_int;
+    mlockall(flags: c_int) -> c_int;
+    munlockall() -> c_int;
+    mremap(old: *mut c_void, old_len: usize, new_len: usize, flags: c_int, new: *mut c_void) -> *mut c_void;
+    process_vm_readv(pid: libc::pid_t, local: *const libc::iovec, liovcnt: libc::c_ulong, remote: *const libc::iovec, riovcnt: libc::c_ulong, flags: libc::c_ulong) -> isize;
+    process_vm_writev(pid: libc::pid_t, local: *const libc::iovec, liovcnt: libc::c_ulong, remote: *const libc::iovec, riovcnt: libc::c_ulong, flags: libc::c_ulong) -> isize;
+    fopen(path: *const c_char, mode: *const c_char) -> *mut libc::FILE;
+    fopen64(path: *const c_char, mode: *const c_char) -> *mut libc::FILE;
+    fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE;
 }
 
 /// The device node the shim answers for.
@@ -113,6 +171,29 @@ pub const VEPC_PATH: &CStr = c"/dev/sgx_vepc";
 /// The node's major and minor. The real `/dev/sgx_vepc` is a misc device (major 10)
 /// with a minor given at boot; this one is made up and stable.
 pub const VEPC_RDEV: (u32, u32) = (10, 125);
+
+/// `openat(AT_FDCWD, "/dev/null", flags, mode)` through glibc's next `openat`: the
+/// program's descriptor for an open of the device. The kernel answers for it as for
+/// any character device on devtmpfs without file operations of its own: `fcntl`'s
+/// flags, `O_PATH`, `poll`; the hooks answer the rest.
+pub fn open_null(flags: c_int, mode: c_uint) -> Result<c_int, Errno> {
+    // SAFETY: a C string, flags and a mode.
+    let fd = unsafe { real::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), flags, mode) };
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+/// Closes a descriptor the shim made and nobody else knows of.
+pub fn close_own(fd: c_int) {
+    // SAFETY: the descriptor is the caller's own, unused by anything else.
+    unsafe { real::close(fd) };
+}
+
+/// Ends the process at once with `code`, running nothing of the program's: its
+/// `atexit` handlers could call back into a shim that can no longer answer.
+pub fn exit_now(code: c_int) -> ! {
+    // SAFETY: _exit has no preconditions and does not return.
+    unsafe { libc::_exit(code) }
+}
 
 /// A new descriptor for the same open file as `fd` (`F_DUPFD`, or `F_DUPFD_CLOEXEC`),
 /// made through glibc's next `fcntl`, so the shim's own hook does not see it.
@@ -154,11 +235,12 @@ fn transfer(addr: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Er
     // SAFETY: the local iovec is a live buffer of `len` bytes (written only when
     // reading); the remote range is the program's own ioctl argument, which it passed
     // for the kernel to read or write there.
+    // glibc's, not the shim's own hook of the same name.
     let n = unsafe {
         if write {
-            libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
+            real::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
         } else {
-            libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+            real::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
         }
     };
     if usize::try_from(n).ok() == Some(len) {

@@ -140,7 +140,7 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
     // `VepcDevice::host()`.
     let epc = Epc::new(&[epc_pages * PAGE]).map_err(|e| e.to_string())?;
     let model = Device::new(epc, KernelVersion::DEFAULT);
-    let device = VepcDevice::emulated_on(&Emulated::new(model, faults));
+    let device = VepcDevice::emulated_on(&Emulated::new(model, faults).map_err(|e| e.to_string())?);
     let mut sections: Vec<VepcSection> = (0..2)
         .map(|_| {
             VepcSection::open(

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vepc::abi::{Errno, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL};
-use vepc::device::{Emulated, ModelSection};
+use vepc::device::{Emulated, EmulatedFile, ModelSection};
 use vepc::driver::Sharing;
 use vepc::driver::vfs::{Caller, Source};
 use vepc::script::{Runner, parse_attached};
@@ -41,6 +41,7 @@ impl DriverIoctls {
     pub(super) fn answer(
         &self,
         open: &OpenFile,
+        file: &EmulatedFile,
         request: u32,
         arg: u64,
         script_on: impl FnOnce() -> (Arc<Emulated>, Vec<(String, Arc<OpenFile>)>),
@@ -59,7 +60,7 @@ impl DriverIoctls {
         };
         match injected {
             Some(e) => (Err(e), true),
-            None => (open.file.ioctl(request, arg), false),
+            None => (file.ioctl(request, arg), false),
         }
     }
 }
@@ -69,6 +70,7 @@ pub(super) fn log_line(
     log: &Log,
     fd: c_int,
     open: &OpenFile,
+    file: &EmulatedFile,
     (request, arg): (u64, u64),
     r: Result<u64, Errno>,
     injected: bool,
@@ -85,8 +87,8 @@ pub(super) fn log_line(
             ("arg", hex(arg)),
             ("result", result(r)),
             ("injected", injected.into()),
-            ("present_pages", open.file.present_pages().into()),
-            ("valid_pages", open.file.valid_pages().into()),
+            ("present_pages", file.present_pages().into()),
+            ("valid_pages", file.valid_pages().into()),
         ],
     );
 }
@@ -99,8 +101,8 @@ fn run_script(text: &str, emulated: &Arc<Emulated>, named: &[(String, Arc<OpenFi
     emulated.go_exact();
     let instances: Vec<(String, ModelSection)> = named
         .iter()
-        .map(|(name, open)| {
-            let file = open.file.model();
+        .filter_map(|(name, open)| {
+            let file = open.file.as_ref()?.model();
             let maps = open
                 .first_map
                 .get()
@@ -113,7 +115,7 @@ fn run_script(text: &str, emulated: &Arc<Emulated>, named: &[(String, Arc<OpenFi
                 file: file.clone(),
                 maps,
             };
-            (name.clone(), inst)
+            Some((name.clone(), inst))
         })
         .collect();
     let names: Vec<&str> = instances.iter().map(|(n, _)| n.as_str()).collect();

@@ -12,15 +12,18 @@ mod ioctl;
 mod maps;
 
 use std::collections::HashMap;
-use std::ffi::c_int;
+use std::ffi::{c_int, c_uint};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
 use vepc::abi::{Errno, PAGE_SIZE};
 use vepc::device::{Emulated, EmulatedFile, FaultMode as Mode, Released};
+use vepc::driver::Device;
+use vepc::driver::surface::Access;
+use vepc::driver::surface::fs::{Opened, open as open_rules};
+use vepc::driver::surface::mmap::MmapRequest;
 use vepc::driver::vfs::{Vfs, do_vfs_ioctl};
-use vepc::driver::{Device, Sharing};
 use vepc::model::Epc;
 use vepc::sync::unpoisoned as lock;
 
@@ -36,9 +39,10 @@ use maps::FaultNotes;
 /// mapping is gone, as the kernel's `release` runs on the file's last reference.
 #[derive(Debug)]
 pub struct OpenFile {
-    /// The emulated instance.
-    pub file: Arc<EmulatedFile>,
-    writable: bool,
+    /// The emulated instance; `None` for an `O_PATH` open, which has none.
+    pub file: Option<Arc<EmulatedFile>>,
+    /// What the open may do.
+    pub access: Access,
     /// Its place in map order, from its first mapping: the `n` of its name `Sn`.
     number: OnceLock<usize>,
     /// Its first mapping, `(pgoff, pages)`: what a guest script's page numbers index.
@@ -126,11 +130,21 @@ impl Shim {
         };
         let device = Device::new(epc, config.kernel);
         host_at_start(&device, config.inject.at_start(), &log);
-        let emulated = Emulated::new(device, mode);
+        let emulated = match Emulated::new(device, mode) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("vepc-preload: {e}");
+                std::process::exit(2);
+            }
+        };
         emulated.on_release(|r| {
             if let Some(shim) = existing() {
                 shim.released(r);
             }
+        });
+        emulated.on_lost(|why| {
+            eprintln!("vepc-preload: {why}; stopping the program (exit status 2)");
+            crate::sys::exit_now(2);
         });
         Self {
             emulated,
@@ -143,38 +157,42 @@ impl Shim {
         }
     }
 
-    /// The model's device.
-    pub fn device(&self) -> &Arc<Device> {
-        self.emulated.model()
+    /// The emulated device.
+    pub fn emulated(&self) -> &Arc<Emulated> {
+        &self.emulated
     }
 
     /// Whether the device node exists on this kernel (it appeared in 5.13).
     pub fn node_exists(&self) -> bool {
-        self.device().kernel().has_vepc()
+        self.emulated.kernel().has_vepc()
     }
 
-    /// `open("/dev/sgx_vepc", flags)`: a new instance, before the hooks make the
-    /// descriptor for it.
-    pub fn open(&self, flags: c_int) -> Result<Arc<EmulatedFile>, Errno> {
-        if flags & libc::O_CREAT != 0 && flags & libc::O_EXCL != 0 {
-            return Err(Errno::EEXIST);
-        }
-        if flags & libc::O_DIRECTORY != 0 {
-            return Err(Errno::ENOTDIR);
-        }
-        self.emulated.open(0)
-    }
-
-    /// The hooks made descriptor `fd` for `file`.
-    pub fn opened(&self, fd: c_int, file: Arc<EmulatedFile>, flags: c_int) {
+    /// `open("/dev/sgx_vepc", flags, mode)`: the VFS's checks, then a descriptor the
+    /// kernel made with the program's flags (an open of `/dev/null`, so that `fcntl`,
+    /// `poll` and `O_PATH` answer as for the device), then the driver's open: a new
+    /// instance. The descriptor.
+    pub fn open(&self, flags: c_int, mode: c_uint) -> Result<c_int, Errno> {
+        let opened = open_rules(self.emulated.kernel(), flags)?;
+        let fd = crate::sys::open_null(flags, mode)?;
+        let (file, access) = match opened {
+            Opened::Path => (None, Access::from_flags(0)),
+            Opened::Instance(access) => match self.emulated.open_as(0, access) {
+                Ok(f) => (Some(f), access),
+                Err(e) => {
+                    crate::sys::close_own(fd);
+                    return Err(e);
+                }
+            },
+        };
         let open = Arc::new(OpenFile {
             file,
-            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            access,
             number: OnceLock::new(),
             first_map: OnceLock::new(),
             remove_alls: AtomicU64::new(0),
         });
         drop(self.descriptors.insert(fd, open));
+        Ok(fd)
     }
 
     /// The open behind `fd`, if it is one of the shim's (cheap for the others).
@@ -206,60 +224,41 @@ impl Shim {
         drop(replaced);
     }
 
-    /// `mmap(…, len, prot, flags, fd, off)` of `open`: the checks before the mapping
-    /// exists, in the kernel's order: the length and offset (`do_mmap`), write access
-    /// for a shared mapping, then `sgx_vepc_mmap`'s shared-only rule. The page offset
-    /// when they pass.
-    pub fn mmap_plan(
-        &self,
-        open: &OpenFile,
-        (len, prot, flags, off): (usize, c_int, c_int, i64),
-    ) -> Result<u64, Errno> {
-        if off < 0 || !(off as u64).is_multiple_of(PAGE_SIZE) {
-            return Err(Errno::EINVAL);
-        }
-        let shared = matches!(flags & 0x0f, libc::MAP_SHARED | libc::MAP_SHARED_VALIDATE);
-        let sharing = if shared {
-            Sharing::Shared
-        } else {
-            Sharing::Private
-        };
-        let pgoff = off as u64 / PAGE_SIZE;
-        // The model checks length and offset, then shared-only. The VFS's EACCES comes
-        // between, but only for a shared mapping, which the last check passes.
-        open.file.model().mmap(len as u64, sharing, pgoff)?;
-        if shared && prot & libc::PROT_WRITE != 0 && !open.writable {
-            return Err(Errno::EACCES);
-        }
-        self.faults.prepare(&self.emulated, &self.log)?;
-        Ok(pgoff)
+    /// Before an `mmap` of an instance: `VEPC_FAULTS=userfaultfd` with no userfaultfd
+    /// to be had is `ENODEV`, said once on stderr.
+    pub fn before_mmap(&self) -> Result<(), Errno> {
+        self.faults.prepare(&self.emulated, &self.log)
     }
 
-    /// The hooks mapped `len` bytes of `open` from page `pgoff`: the instance is named
-    /// if this is its first mapping, and a change in how first touches are served is
-    /// logged.
-    pub fn mapped(&self, open: &Arc<OpenFile>, pgoff: u64, len: usize) {
+    /// The hooks mapped `req` of `open`: the instance is named if this is its first
+    /// mapping, and a change in how first touches are served is logged.
+    pub fn mapped(&self, open: &Arc<OpenFile>, req: &MmapRequest) {
+        let pgoff = req.offset / PAGE_SIZE;
+        let len = req.len as usize;
         open.first_map
             .get_or_init(|| (pgoff, len.div_ceil(4096) as u64));
         open.number.get_or_init(|| {
             let mut named = lock(&self.named);
             named.push(Arc::downgrade(open));
             let n = named.len() - 1;
-            lock(&self.names).insert(open.file.model().vepc().id(), instance_name(n));
+            if let Some(f) = &open.file {
+                lock(&self.names).insert(f.id(), instance_name(n));
+            }
             n
         });
         self.faults.after_mapping(&self.emulated, &self.log);
     }
 
-    /// `[addr, addr + len)` is no longer mapped as it was (`munmap`, or a `MAP_FIXED`
-    /// mapping of something else over it).
-    pub fn unmapped(&self, addr: usize, len: usize) {
-        self.emulated.unmapped(addr, len);
-    }
-
     /// `ioctl(fd, request, arg)` on an open of the device: the VFS's answer, or the
     /// driver's; logged. Also says whether the answer was injected (`VEPC_INJECT`).
-    pub fn ioctl(&self, fd: c_int, open: &OpenFile, request: u64, arg: u64) -> Result<u64, Errno> {
+    pub fn ioctl(
+        &self,
+        fd: c_int,
+        open: &OpenFile,
+        file: &EmulatedFile,
+        request: u64,
+        arg: u64,
+    ) -> Result<u64, Errno> {
         // ioctl(2)'s request is an unsigned int: the upper half never reaches the VFS.
         let req = request as u32;
         let mut caller = ProgramCaller {
@@ -268,11 +267,12 @@ impl Shim {
         };
         let (r, injected) = match do_vfs_ioctl(req, arg, &mut caller) {
             Vfs::Answered(r) => (r, false),
-            Vfs::Driver => self
-                .driver
-                .answer(open, req, arg, || self.script_targets(), &self.log),
+            Vfs::Driver => {
+                self.driver
+                    .answer(open, file, req, arg, || self.script_targets(), &self.log)
+            }
         };
-        ioctl::log_line(&self.log, fd, open, (request, arg), r, injected);
+        ioctl::log_line(&self.log, fd, open, file, (request, arg), r, injected);
         r
     }
 
@@ -290,7 +290,7 @@ impl Shim {
     fn released(&self, r: Released) {
         let name = lock(&self.names).remove(&r.id);
         let s = r.stats;
-        let written_back = self.device().reclaim_stats().written_back;
+        let written_back = self.emulated.reclaim_stats().written_back;
         self.log.line(
             "release",
             vec![

@@ -84,6 +84,28 @@ pub enum VepcError {
         /// What is usually wrong.
         hint: &'static str,
     },
+    /// The model already backs another emulated device: two would each count on the
+    /// same free EPC.
+    #[error(
+        "this model already backs an emulated device: open every instance through that \
+         one (VepcDevice::emulated_on), or give this one its own model"
+    )]
+    ModelTaken,
+    /// `mmap` answered `ENOMEM`: the address space has no room for the mapping.
+    #[error(
+        "mmap of {len} bytes{} answered ENOMEM: the address space has no room for it \
+         (past TASK_SIZE, or vm.max_map_count mappings already)",
+        .at.map_or(String::new(), |a| format!(" at {a:#x}"))
+    )]
+    NoRoom {
+        /// Bytes asked for.
+        len: usize,
+        /// The fixed address asked for, if any.
+        at: Option<usize>,
+    },
+    /// An emulated device's EPC cannot be built as asked.
+    #[error("the emulated EPC: {0}")]
+    Epc(#[from] crate::model::EpcError),
     /// Any other failure.
     #[error("{op} failed: {errno} ({})", std::io::Error::from_raw_os_error(errno.raw()))]
     Os {
@@ -104,7 +126,9 @@ impl VepcError {
             Self::SvnUpdateRetry { .. } => Errno::EAGAIN,
             Self::SvnUpdateFailed { .. } => Errno::EIO,
             Self::NoRemoveAll => Errno::ENOTTY,
-            Self::Busy => Errno::EBUSY,
+            Self::Busy | Self::ModelTaken => Errno::EBUSY,
+            Self::Epc(_) => Errno::EINVAL,
+            Self::NoRoom { .. } => Errno::ENOMEM,
             Self::InvalidArgument { .. } => Errno::EINVAL,
         }
     }
@@ -123,15 +147,23 @@ impl VepcError {
         }
     }
 
-    /// The error for an `mmap` that failed with `errno`.
-    pub fn mmap(errno: Errno) -> Self {
-        match errno {
-            Errno::EINVAL => Self::InvalidArgument {
-                op: "mmap",
-                hint: "a vEPC must be mapped MAP_SHARED, with a non-zero length",
-            },
-            errno => Self::Os { op: "mmap", errno },
-        }
+    /// The error for an `mmap` of `len` bytes (at `fixed`, with `MAP_FIXED`) that
+    /// failed with `errno`, with what is wrong with those arguments.
+    pub fn mmap(errno: Errno, len: usize, fixed: Option<usize>) -> Self {
+        let hint = match errno {
+            Errno::EINVAL if len == 0 => "the length must not be 0",
+            Errno::EINVAL if fixed.is_some_and(|a| a % 4096 != 0) => {
+                "a fixed address must be a multiple of the page size (4096)"
+            }
+            Errno::EINVAL => {
+                "a vEPC is mapped MAP_SHARED from a read-write open, at a page-aligned offset"
+            }
+            Errno::ENOMEM => {
+                return Self::NoRoom { len, at: fixed };
+            }
+            errno => return Self::Os { op: "mmap", errno },
+        };
+        Self::InvalidArgument { op: "mmap", hint }
     }
 
     /// The error for a REMOVE_ALL that failed with `errno`.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::emulated;
 use super::error::VepcError;
 use super::region::{EpcRegion, MapOptions};
-use crate::abi::SGX_IOC_VEPC_REMOVE_ALL;
+use crate::abi::{Errno, SGX_IOC_VEPC_REMOVE_ALL};
 use crate::driver::VepcFile;
 
 /// Where Linux puts the device.
@@ -44,7 +44,22 @@ pub struct VepcFd {
 #[derive(Debug)]
 pub(super) enum Inner {
     Host(OwnedFd),
-    Emulated(Arc<emulated::EmulatedFile>),
+    Emulated {
+        file: Arc<emulated::EmulatedFile>,
+        /// What [`AsFd`] hands out: an `O_PATH` descriptor, which nothing can map.
+        node: OwnedFd,
+    },
+}
+
+/// Which open a descriptor or a mapping is of: for [`EpcRegion::maps`] and the
+/// identity checks of [`super::VepcSection::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// A host fd: its number and the file it refers to (two opens of the node share
+    /// the file, so the number tells them apart).
+    Host { fd: RawFd, dev: u64, ino: u64 },
+    /// An emulated instance: its device and number.
+    Emulated { device: usize, id: u64 },
 }
 
 impl VepcFd {
@@ -73,14 +88,48 @@ impl VepcFd {
             .map_err(|e| VepcError::open(path.to_owned(), e))
     }
 
-    pub(super) fn emulated(file: Arc<emulated::EmulatedFile>) -> Self {
-        Self {
-            inner: Inner::Emulated(file),
-        }
+    pub(super) fn emulated(file: Arc<emulated::EmulatedFile>) -> Result<Self, Errno> {
+        let node = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(crate::sys::errno)?;
+        Ok(Self {
+            inner: Inner::Emulated { file, node },
+        })
     }
 
     pub(super) fn inner(&self) -> &Inner {
         &self.inner
+    }
+
+    pub(super) fn identity(&self) -> Identity {
+        match &self.inner {
+            Inner::Host(fd) => {
+                let (dev, ino) = rustix::fs::fstat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino));
+                Identity::Host {
+                    fd: fd.as_raw_fd(),
+                    dev,
+                    ino,
+                }
+            }
+            Inner::Emulated { file, .. } => Identity::Emulated {
+                device: Arc::as_ptr(file.device()) as usize,
+                id: file.id(),
+            },
+        }
+    }
+
+    /// Whether this fd is an instance of `device`: an emulated fd of that emulated
+    /// device, or a host fd of a host device. (Which host node an fd came from, the
+    /// kernel does not say once it is open.)
+    pub fn is_of(&self, device: &super::VepcDevice) -> bool {
+        match (&self.inner, device.emulation()) {
+            (Inner::Host(_), None) => true,
+            (Inner::Emulated { file, .. }, Some(d)) => Arc::ptr_eq(file.device(), d),
+            _ => false,
+        }
     }
 
     /// `ioctl(fd, SGX_IOC_VEPC_REMOVE_ALL, 0)`: EREMOVE every page of the instance.
@@ -94,7 +143,7 @@ impl VepcFd {
         match &self.inner {
             Inner::Host(fd) => crate::sys::fd::ioctl_io(fd, SGX_IOC_VEPC_REMOVE_ALL)
                 .map(|n| u64::try_from(n).unwrap_or(0)),
-            Inner::Emulated(f) => f.ioctl(SGX_IOC_VEPC_REMOVE_ALL, 0),
+            Inner::Emulated { file, .. } => file.ioctl(SGX_IOC_VEPC_REMOVE_ALL, 0),
         }
         .map_err(VepcError::remove_all)
     }
@@ -125,7 +174,8 @@ impl VepcFd {
     }
 
     /// The model's file behind an emulated fd (`None` on the host): for driving the
-    /// guest's side (ENCLS leaves) on the model, and for reading its state.
+    /// guest's side (ENCLS leaves) on the model. It turns the device exact first
+    /// ([`EmulatedFile::model`](super::EmulatedFile::model)).
     pub fn model(&self) -> Option<&VepcFile> {
         self.emulated_file().map(|f| f.model())
     }
@@ -134,7 +184,7 @@ impl VepcFd {
     pub fn emulated_file(&self) -> Option<&Arc<emulated::EmulatedFile>> {
         match &self.inner {
             Inner::Host(_) => None,
-            Inner::Emulated(f) => Some(f),
+            Inner::Emulated { file, .. } => Some(file),
         }
     }
 
@@ -142,10 +192,8 @@ impl VepcFd {
     /// uninitialized (0 after a complete reset). Emulated fds only: the kernel does
     /// not say.
     pub fn pages(&self) -> Option<(u64, u64)> {
-        match &self.inner {
-            Inner::Host(_) => None,
-            Inner::Emulated(f) => Some((f.present_pages(), f.valid_pages())),
-        }
+        self.emulated_file()
+            .map(|f| (f.present_pages(), f.valid_pages()))
     }
 }
 
@@ -159,11 +207,16 @@ impl From<OwnedFd> for VepcFd {
 }
 
 impl AsFd for VepcFd {
-    /// The host's fd, or the emulated instance's memfd.
+    /// The host's fd. On an emulated device, an `O_PATH` descriptor of its own: an
+    /// emulated instance cannot be reached through a descriptor, so every `read`,
+    /// `write`, `ioctl` or `mmap` through this one answers `EBADF` at once, rather
+    /// than do something the real device would not (mapping memory the model never
+    /// sees, `ENOTTY` for REMOVE_ALL). Map with [`VepcFd::map`] (or the `vm-memory`
+    /// feature's regions) and reset with [`VepcFd::remove_all`].
     fn as_fd(&self) -> BorrowedFd<'_> {
         match &self.inner {
             Inner::Host(fd) => fd.as_fd(),
-            Inner::Emulated(f) => f.memfd(),
+            Inner::Emulated { node, .. } => node.as_fd(),
         }
     }
 }

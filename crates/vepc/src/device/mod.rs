@@ -23,7 +23,7 @@ mod section;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use emulated::{Emulated, EmulatedFile, FaultMode, Faults, Released};
+pub use emulated::{Emulated, EmulatedFile, FaultMode, Faults, Released, note_mlockall_future};
 pub use error::VepcError;
 pub use fd::{SGX_VEPC_PATH, VepcFd};
 pub use instance::VepcInstance;
@@ -33,7 +33,7 @@ pub use section::VepcSection;
 
 use crate::abi::KernelVersion;
 use crate::driver::{Device, Stats};
-use crate::model::{Epc, EpcError};
+use crate::model::Epc;
 
 /// Where vEPC instances come from: the host's `/dev/sgx_vepc`, or the emulated one.
 #[derive(Debug, Clone)]
@@ -63,9 +63,9 @@ impl VepcDevice {
     /// The model as `/dev/sgx_vepc`: an EPC with one section per entry of
     /// `section_bytes`, behaving like Linux 6.18, first touches served fast while
     /// nothing can run out ([`FaultMode::Auto`]).
-    pub fn emulated(section_bytes: &[u64]) -> Result<Self, EpcError> {
+    pub fn emulated(section_bytes: &[u64]) -> Result<Self, VepcError> {
         let model = Device::new(Epc::new(section_bytes)?, KernelVersion::DEFAULT);
-        Ok(Self::emulated_on(&Emulated::new(model, FaultMode::Auto)))
+        Ok(Self::emulated_on(&Emulated::new(model, FaultMode::Auto)?))
     }
 
     /// An emulated device built by the caller (another kernel version, fault mode or
@@ -95,7 +95,7 @@ impl VepcDevice {
             Kind::Host(path) => VepcFd::open_path(path),
             Kind::Emulated { device, node } => device
                 .open(*node)
-                .map(VepcFd::emulated)
+                .and_then(VepcFd::emulated)
                 .map_err(|e| VepcError::open(SGX_VEPC_PATH.into(), e)),
         }
     }

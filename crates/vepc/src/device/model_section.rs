@@ -52,9 +52,12 @@ impl VepcInstance for ModelSection {
         let maps = self
             .maps
             .iter()
-            .map(|m| file.mmap(m.pages() * PAGE_SIZE, Sharing::Shared, m.pgoff()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(VepcError::mmap)?;
+            .map(|m| {
+                let len = m.pages() * PAGE_SIZE;
+                file.mmap(len, Sharing::Shared, m.pgoff())
+                    .map_err(|e| VepcError::mmap(e, len as usize, None))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         *self = Self { file, maps };
         Ok(())
     }

@@ -19,19 +19,39 @@ impl VepcSection {
     pub fn open(device: &VepcDevice, len: usize, opts: MapOptions) -> Result<Self, VepcError> {
         let fd = device.open()?;
         let region = fd.map(len, opts)?;
-        Ok(Self::new(device.clone(), fd, region, opts))
+        Self::new(device.clone(), fd, region, opts)
     }
 
     /// A section the VMM opened and mapped itself (at a fixed address, say). `device`
     /// is where [`recreate`](VepcInstance::recreate) opens a new instance on kernels
-    /// before 5.16.
-    pub fn new(device: VepcDevice, fd: VepcFd, region: EpcRegion, opts: MapOptions) -> Self {
-        Self {
+    /// before 5.16. `fd` must be an instance of `device` and `region` a mapping of
+    /// `fd` ([`VepcError::InvalidArgument`] otherwise): a section that resets one
+    /// instance and maps another would answer `Ok` for the wrong memory.
+    pub fn new(
+        device: VepcDevice,
+        fd: VepcFd,
+        region: EpcRegion,
+        opts: MapOptions,
+    ) -> Result<Self, VepcError> {
+        if !fd.is_of(&device) {
+            return Err(VepcError::InvalidArgument {
+                op: "VepcSection::new",
+                hint: "the fd is not an instance of this device (host and emulated, or two \
+                       emulated devices, do not mix)",
+            });
+        }
+        if !region.maps(&fd) {
+            return Err(VepcError::InvalidArgument {
+                op: "VepcSection::new",
+                hint: "the region is not a mapping of this fd",
+            });
+        }
+        Ok(Self {
             device,
             fd,
             region,
             opts,
-        }
+        })
     }
 
     /// The open instance.

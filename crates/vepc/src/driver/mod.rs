@@ -16,6 +16,7 @@ mod check;
 mod memory_failure;
 mod page_map;
 mod reclaim;
+pub mod surface;
 mod svn;
 mod vepc;
 pub mod vfs;
@@ -87,6 +88,8 @@ pub struct Device {
     reclaimable: AtomicU64,
     /// SGX users and the security version.
     svn: Mutex<svn::SvnState>,
+    /// Whether an emulated device ([`crate::device::Emulated`]) serves this model.
+    emulated: std::sync::atomic::AtomicBool,
 }
 
 impl Device {
@@ -102,7 +105,21 @@ impl Device {
             reclaim: Mutex::new(reclaim::Reclaimer::default()),
             reclaimable: AtomicU64::new(0),
             svn: Mutex::new(svn::SvnState::default()),
+            emulated: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Marks the model as served by an emulated device; `false` if one already is.
+    pub(crate) fn claim_emulation(&self) -> bool {
+        !self
+            .emulated
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    /// The emulated device serving the model is gone.
+    pub(crate) fn release_emulation(&self) {
+        self.emulated
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The EPC behind the device.

@@ -336,6 +336,28 @@ impl VepcFile {
         })
     }
 
+    /// `mmap(req)` of this file opened with `access`, in the address space `space`,
+    /// every check Linux makes in its order ([`super::surface::mmap::mmap`]): the
+    /// mapping, and where it went.
+    pub fn mmap_in(
+        &self,
+        access: super::surface::Access,
+        req: &super::surface::mmap::MmapRequest,
+        space: &mut dyn super::surface::mmap::AddressSpace,
+    ) -> Result<(Mapping, super::surface::mmap::Mmap), Errno> {
+        let m = super::surface::mmap::mmap(access, req, space)?;
+        Ok((self.mapping(m.pgoff, m.len / PAGE_SIZE), m))
+    }
+
+    /// A mapping of the instance's pages `pgoff..pgoff + pages`, whose checks were made.
+    pub(crate) fn mapping(&self, pgoff: u64, pages: u64) -> Mapping {
+        Mapping {
+            vepc: Arc::clone(&self.vepc),
+            pgoff,
+            pages,
+        }
+    }
+
     /// `ioctl(fd, request, arg)` from `caller`: the VFS's answer
     /// ([`super::vfs::do_vfs_ioctl`]), or the driver's.
     pub fn ioctl_from(

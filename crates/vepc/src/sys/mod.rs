@@ -6,8 +6,10 @@
 //! sound; a function stays `unsafe` where only its caller can know (a `MAP_FIXED`
 //! mapping over an address range, say).
 
+pub mod caps;
 pub mod cpu;
 pub(crate) mod fd;
+pub mod kept;
 pub(crate) mod mm;
 pub(crate) mod uffd;
 pub(crate) mod users;

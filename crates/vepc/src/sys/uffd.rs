@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::ioctl::{Ioctl, IoctlOutput, Opcode};
 
+use super::kept::Kept;
 use crate::abi::{Errno, IOC_READ, io, ioc, iowr};
 
 const UFFDIO: u8 = 0xAA;
@@ -116,8 +117,8 @@ pub(crate) type Fault = usize;
 /// An open userfaultfd, and an eventfd that stops its reader.
 #[derive(Debug)]
 pub(crate) struct Userfaultfd {
-    fd: OwnedFd,
-    stop: OwnedFd,
+    fd: Kept,
+    stop: Kept,
 }
 
 impl Userfaultfd {
@@ -143,7 +144,10 @@ impl Userfaultfd {
         call(fd.as_fd(), UFFDIO_API, &mut api).map_err(|e| format!("UFFDIO_API answered {e}"))?;
         let stop = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
             .map_err(|e| format!("eventfd: {}", super::errno(e)))?;
-        Ok(Self { fd, stop })
+        Ok(Self {
+            fd: Kept::new(fd),
+            stop: Kept::new(stop),
+        })
     }
 
     fn from_node(flags: u32) -> Result<OwnedFd, Errno> {
@@ -222,6 +226,21 @@ impl Userfaultfd {
                 Err(e) => return Err(super::errno(e)),
             }
         }
+    }
+
+    /// Whether the descriptor is still this userfaultfd (a raw `close` or `dup2` by
+    /// the program may have replaced it): `/proc/self/fd` names its kind.
+    pub(crate) fn still_ours(&self) -> bool {
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&self.fd.as_fd())
+        );
+        std::fs::read_link(path).map_or(true, |p| p.to_string_lossy() == "anon_inode:[userfaultfd]")
+    }
+
+    /// The descriptor's number, for messages.
+    pub(crate) fn raw(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.fd.as_fd())
     }
 
     /// Sleeps until a fault is pending; `false` once [`stop`](Self::stop) was called.

@@ -1,12 +1,20 @@
 //! The model as `/dev/sgx_vepc`, in-process, with real memory: what a Rust VMM maps
 //! into its guest when there is no SGX, and what the `LD_PRELOAD` shim gives programs.
 //!
-//! Each open is an instance of the model's driver ([`crate::driver`]) and a memfd
-//! holding its pages; a mapping is a `MAP_SHARED` mapping of the memfd, handed out as
-//! an address and a length like the host device's. A page's first touch (by the VMM,
-//! or by a guest through KVM) is the driver's fault: the index gets an EPC page, or,
-//! when the EPC is exhausted, the toucher gets `SIGBUS` (`BUS_ADRERR`) at that address,
-//! which KVM turns into `EFAULT` from `KVM_RUN`, as with `VM_FAULT_SIGBUS`.
+//! Each open is an instance of the model's driver ([`crate::driver`]) and memfds
+//! holding its pages; a mapping is a `MAP_SHARED` mapping of them, handed out as an
+//! address and a length like the host device's, and made, checked and flagged as
+//! `sgx_vepc_mmap` makes it ([`crate::driver::surface`]). A page's first touch (by the
+//! VMM, or by a guest through KVM) is the driver's fault: the index gets an EPC page,
+//! or, when the EPC is exhausted, the toucher gets `SIGBUS` (`BUS_ADRERR`) at that
+//! address, which KVM turns into `EFAULT` from `KVM_RUN`, as with `VM_FAULT_SIGBUS`.
+//!
+//! # What real memory cannot give
+//!
+//! On SGX hardware an access to EPC from outside an enclave (the VMM's own, a guest's
+//! outside its enclaves) has abort-page semantics: reads return all ones and writes
+//! are dropped (Intel SDM Vol. 3D §38.5.1). The memory here is ordinary: it reads what
+//! was written. Nothing the reset protocol or the driver decides depends on it.
 //!
 //! # First touches without a round trip
 //!
@@ -14,9 +22,9 @@
 //! touch can fail, so none needs to be asked about: the device is *fast*, and a touch
 //! is an ordinary page fault of the memfd. The model learns of those touches later,
 //! from the memfd itself (`SEEK_DATA`: a page that was touched has data), before
-//! anything observes it: REMOVE_ALL, the counts, a new mapping, a release. That is
-//! exact, because EPC taken at first touch and EPC taken at the next observation are
-//! indistinguishable while nothing could run out.
+//! anything observes it: REMOVE_ALL, the counts, a new mapping, an unmap, a release.
+//! That is exact, because EPC taken at first touch and EPC taken at the next
+//! observation are indistinguishable while nothing could run out.
 //!
 //! The moment a new mapping (or another user of the model, such as a guest script)
 //! could take a page that a mapped page would need, the device turns *exact*: every
@@ -25,21 +33,39 @@
 //! `SIGBUS`). Where userfaultfd is refused the device turns *eager* instead: every
 //! mapped page is faulted in on the model at once, and the pages past the EPC's end
 //! answer `SIGBUS` from then on.
+//!
+//! # Locks
+//!
+//! One lock of its own, `Emulated::state` (the table of mapped ranges and how first
+//! touches are served), taken before any of the model's ([`crate::model`]'s pools,
+//! then [`crate::driver`]'s instance and device locks), never after. It is held
+//! across every system call that makes, moves or removes a tracked mapping, and
+//! across the fault thread's answer, so the table and the address space never
+//! disagree: a range the table names is the mapping it says. No lock is held while an
+//! instance is released: whatever a call removes from the table is dropped after the
+//! lock (the release hook reads the counts, which takes it again).
 
+mod backing;
+mod faults;
+mod file;
 mod regions;
+mod space;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rustix::fs::{MemfdFlags, SeekFrom};
+pub use file::EmulatedFile;
+pub use space::note_mlockall_future;
 
-use crate::abi::{Errno, PAGE_SIZE};
-use crate::driver::{Device, Mapping, Sharing, Stats, VepcFile};
+use crate::abi::{Errno, KernelVersion, PAGE_SIZE};
+use crate::device::VepcError;
+use crate::driver::surface::Access;
+use crate::driver::surface::vma::{Remap, mremap as mremap_rule};
+use crate::driver::{Device, Mapping, ReclaimStats, Stats};
 use crate::sync::unpoisoned as lock;
 use crate::sys::mm;
 use crate::sys::uffd::Userfaultfd;
-use regions::Regions;
+use regions::{Region, Regions};
 
 const PAGE: usize = PAGE_SIZE as usize;
 
@@ -81,6 +107,7 @@ pub struct Released {
 }
 
 type ReleaseHook = Box<dyn Fn(Released) + Send + Sync>;
+type LostHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// The emulated `/dev/sgx_vepc`: the model's device, and the memory behind its
 /// instances.
@@ -96,7 +123,7 @@ type ReleaseHook = Box<dyn Fn(Released) + Send + Sync>;
 /// use vepc::model::Epc;
 ///
 /// let model = Device::new(Epc::new(&[8 * 4096])?, KernelVersion::DEFAULT);
-/// let emulated = Emulated::new(model, FaultMode::Auto);
+/// let emulated = Emulated::new(model, FaultMode::Auto)?;
 /// let fd = VepcDevice::emulated_on(&emulated).open()?;
 /// let region = fd.map(12 * 4096, MapOptions::default())?;
 /// assert_eq!(emulated.faults(), Faults::Exact, "a first touch could fail: asked one by one");
@@ -109,14 +136,17 @@ type ReleaseHook = Box<dyn Fn(Released) + Send + Sync>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Emulated {
+    me: Weak<Emulated>,
     model: Arc<Device>,
     mode: FaultMode,
     state: Mutex<State>,
-    files: Mutex<Vec<Weak<EmulatedFile>>>,
     uffd: OnceLock<Result<Arc<Userfaultfd>, String>>,
     on_release: OnceLock<ReleaseHook>,
+    on_lost: OnceLock<LostHook>,
+    lost: OnceLock<String>,
     /// Whether any range is tracked; written under `state`'s lock.
-    mapped_any: std::sync::atomic::AtomicBool,
+    mapped_any: AtomicBool,
+    next_token: AtomicU64,
 }
 
 impl std::fmt::Debug for Emulated {
@@ -124,6 +154,7 @@ impl std::fmt::Debug for Emulated {
         f.debug_struct("Emulated")
             .field("mode", &self.mode)
             .field("faults", &self.faults())
+            .field("lost", &self.lost.get())
             .finish_non_exhaustive()
     }
 }
@@ -144,70 +175,53 @@ struct Piece {
     file: Arc<EmulatedFile>,
 }
 
-/// One open of the emulated device: the model's file and the memfd with its pages.
-#[derive(Debug)]
-pub struct EmulatedFile {
-    model: VepcFile,
-    memfd: OwnedFd,
-    /// Bytes the memfd covers (it grows with the mappings).
-    size: AtomicU64,
-    device: Weak<Emulated>,
-    /// Dropped after `model` (fields drop in order): reports the release it caused.
-    _notice: ReleaseNotice,
-}
-
-/// Tells the device's release hook when dropping an [`EmulatedFile`] released its
-/// instance.
-#[derive(Debug)]
-struct ReleaseNotice {
-    id: u64,
-    device: Weak<Emulated>,
-}
-
-impl Drop for ReleaseNotice {
-    fn drop(&mut self) {
-        if let Some(d) = self.device.upgrade()
-            && !d.model.is_live(self.id)
-        {
-            d.released(self.id);
-        }
-    }
-}
-
-/// What a page's first touch gets.
-enum Answer {
-    Backed,
-    Sigbus { prot: i32 },
-    Unknown,
-}
-
 impl Emulated {
     /// An emulated device over the model `model`, its first touches served as `mode`
-    /// says.
-    pub fn new(model: Arc<Device>, mode: FaultMode) -> Arc<Self> {
+    /// says. A model backs one emulated device: a second would count on the same free
+    /// EPC ([`VepcError::ModelTaken`]).
+    pub fn new(model: Arc<Device>, mode: FaultMode) -> Result<Arc<Self>, VepcError> {
+        if !model.claim_emulation() {
+            return Err(VepcError::ModelTaken);
+        }
         let faults = match mode {
             FaultMode::Auto => Faults::Fast,
             FaultMode::Userfaultfd => Faults::Exact,
             FaultMode::Eager => Faults::Eager,
         };
-        Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             model,
             mode,
             state: Mutex::new(State {
                 regions: Regions::default(),
                 faults,
             }),
-            files: Mutex::new(Vec::new()),
             uffd: OnceLock::new(),
             on_release: OnceLock::new(),
-            mapped_any: std::sync::atomic::AtomicBool::new(false),
-        })
+            on_lost: OnceLock::new(),
+            lost: OnceLock::new(),
+            mapped_any: AtomicBool::new(false),
+            next_token: AtomicU64::new(1),
+        }))
     }
 
-    /// The model behind the device. Call [`settle`](Self::settle) before reading its
-    /// counts: touches made while the device is fast reach it only then.
+    /// The model behind the device, to run a guest's ENCLS leaves or anything else
+    /// that takes EPC pages: the device turns exact first ([`go_exact`](Self::go_exact)),
+    /// so that nothing taken here is a page a mapped page was counting on. To read
+    /// the counts, [`stats`](Self::stats) is enough.
     pub fn model(&self) -> &Arc<Device> {
+        self.go_exact();
         &self.model
+    }
+
+    /// The kernel version the device behaves like.
+    pub fn kernel(&self) -> KernelVersion {
+        self.model.kernel()
+    }
+
+    /// What the reclaimer has done so far.
+    pub fn reclaim_stats(&self) -> ReclaimStats {
+        self.model.reclaim_stats()
     }
 
     /// How first touches reach the model now.
@@ -215,32 +229,55 @@ impl Emulated {
         lock(&self.state).faults
     }
 
-    /// Calls `hook` after each instance's release (the model's `sgx_vepc_release`).
-    /// Only the first hook set is kept.
+    /// Calls `hook` after each instance's release (the model's `sgx_vepc_release`),
+    /// with no lock of the device held. Only the first hook set is kept.
     pub fn on_release(&self, hook: impl Fn(Released) + Send + Sync + 'static) {
         let _ = self.on_release.set(Box::new(hook));
     }
 
-    /// `open("/dev/sgx_vepc")`: a new instance whose faults prefer EPC section `node`
-    /// ([`Device::open_on_node`]). `ENOENT` on kernels before 5.13.
-    pub fn open(self: &Arc<Self>, node: usize) -> Result<Arc<EmulatedFile>, Errno> {
+    /// Calls `hook` once, with the reason, if a descriptor of the device is found
+    /// closed or replaced behind its back (a program's raw `close` or `dup2`): from
+    /// then on first touches could escape the model, so the device refuses every
+    /// mapping and ioctl with `EIO` ([`lost`](Self::lost)). Only the first hook set is
+    /// kept.
+    pub fn on_lost(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_lost.set(Box::new(hook));
+    }
+
+    /// Why the device stopped working, if it did ([`on_lost`](Self::on_lost)).
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
+    pub(crate) fn lose(&self, why: String) {
+        if self.lost.set(why.clone()).is_ok() {
+            self.model.warn(format!("emulated device: {why}"));
+            if let Some(hook) = self.on_lost.get() {
+                hook(&why);
+            }
+        }
+    }
+
+    fn check_lost(&self) -> Result<(), Errno> {
+        match self.lost.get() {
+            Some(_) => Err(Errno::EIO),
+            None => Ok(()),
+        }
+    }
+
+    /// `open("/dev/sgx_vepc", O_RDWR)`: a new instance whose faults prefer EPC section
+    /// `node` ([`Device::open_on_node`]). `ENOENT` on kernels before 5.13; from 6.19,
+    /// EUPDATESVN's `EAGAIN` and `EIO`.
+    pub fn open(&self, node: usize) -> Result<Arc<EmulatedFile>, Errno> {
+        self.open_as(node, Access::READ_WRITE)
+    }
+
+    /// [`open`](Self::open) with another access mode (`O_RDONLY`, `O_WRONLY`, or 3),
+    /// which decides what [`EmulatedFile::mmap`] allows, as `f_mode` does.
+    pub fn open_as(&self, node: usize, access: Access) -> Result<Arc<EmulatedFile>, Errno> {
+        let device = self.me.upgrade().ok_or(Errno::ENODEV)?;
         let model = self.model.open_on_node(node)?;
-        let memfd =
-            rustix::fs::memfd_create("sgx_vepc", MemfdFlags::CLOEXEC).map_err(crate::sys::errno)?;
-        let file = Arc::new(EmulatedFile {
-            _notice: ReleaseNotice {
-                id: model.vepc().id(),
-                device: Arc::downgrade(self),
-            },
-            model,
-            memfd,
-            size: AtomicU64::new(0),
-            device: Arc::downgrade(self),
-        });
-        let mut files = lock(&self.files);
-        files.retain(|f| f.strong_count() > 0);
-        files.push(Arc::downgrade(&file));
-        Ok(file)
+        Ok(EmulatedFile::new(model, access, device))
     }
 
     /// EPC usage, with every touch so far counted.
@@ -251,36 +288,35 @@ impl Emulated {
 
     /// Counts in the model every page touched while the device was fast.
     pub fn settle(&self) {
-        let _state = lock(&self.state);
-        for f in self.live_files() {
-            f.settle();
+        let lost = {
+            let state = lock(&self.state);
+            settle_mapped(&state).err()
+        };
+        if let Some(l) = lost {
+            self.lose(l.0);
         }
     }
 
     /// Turns the device exact (or eager) now, if it is fast: for handing the model to
     /// something else that takes EPC pages (a guest script's touches), which must not
     /// take a page a mapped page was counting on.
-    pub fn go_exact(self: &Arc<Self>) {
-        let mut state = lock(&self.state);
-        if state.faults == Faults::Fast {
-            self.leave_fast(&mut state);
+    pub fn go_exact(&self) {
+        let lost = {
+            let mut state = lock(&self.state);
+            if state.faults == Faults::Fast {
+                self.leave_fast(&mut state).err()
+            } else {
+                None
+            }
+        };
+        if let Some(l) = lost {
+            self.lose(l.0);
         }
     }
 
-    fn live_files(&self) -> Vec<Arc<EmulatedFile>> {
-        lock(&self.files).iter().filter_map(Weak::upgrade).collect()
-    }
-
-    /// Decides how the new range's first touches are served.
-    fn place(
-        self: &Arc<Self>,
-        state: &mut State,
-        addr: usize,
-        len: usize,
-        pgoff: u64,
-        prot: i32,
-        file: &Arc<EmulatedFile>,
-    ) {
+    /// Decides how a new range's first touches are served. Called with the range in
+    /// the table.
+    fn place(&self, state: &mut State, r: &Region<Piece>) -> Result<(), backing::Lost> {
         match state.faults {
             Faults::Fast => {
                 // Every mapped page without an EPC page must still be able to get one.
@@ -290,93 +326,59 @@ impl Emulated {
                     .map(|r| r.what.file.missing(r.pgoff, (r.end - r.start) / PAGE))
                     .sum();
                 if owed > self.model.epc().free_pages() {
-                    self.leave_fast(state);
+                    self.leave_fast(state)?;
                 }
             }
             Faults::Exact => {
                 // userfaultfd mode may not have been prepared: open it now, so no
                 // first touch escapes the model; where it cannot be had, eager.
-                if self.uffd().is_none_or(|u| u.register(addr, len).is_err()) {
-                    self.fault_in_now(file, addr, len, pgoff, prot);
+                if self
+                    .uffd()
+                    .is_none_or(|u| u.register(r.start, r.end - r.start).is_err())
+                {
+                    fault_in_now(r);
                 }
             }
-            Faults::Eager => self.fault_in_now(file, addr, len, pgoff, prot),
+            Faults::Eager => fault_in_now(r),
             Faults::Refused => {}
         }
+        Ok(())
     }
 
     /// From fast to exact (or eager): register every range first, so no touch after
     /// this escapes, then count the touches before it. The invariant of fast mode
     /// (every missing page of every range could get an EPC page) makes that count
     /// always fit.
-    fn leave_fast(self: &Arc<Self>, state: &mut State) {
+    fn leave_fast(&self, state: &mut State) -> Result<(), backing::Lost> {
         let uffd = self.uffd();
-        let ranges: Vec<(usize, usize, u64, i32, Arc<EmulatedFile>)> = state
-            .regions
-            .iter()
-            .map(|r| {
-                (
-                    r.start,
-                    r.end - r.start,
-                    r.pgoff,
-                    r.prot,
-                    Arc::clone(&r.what.file),
-                )
-            })
-            .collect();
         let registered = uffd.is_some_and(|u| {
-            ranges
+            state
+                .regions
                 .iter()
-                .all(|&(start, len, ..)| u.register(start, len).is_ok())
+                .all(|r| u.register(r.start, r.end - r.start).is_ok())
         });
-        for f in self.live_files() {
-            f.settle();
-        }
+        settle_mapped(state)?;
         if registered {
             state.faults = Faults::Exact;
         } else {
             state.faults = Faults::Eager;
-            for (start, len, pgoff, prot, file) in &ranges {
-                self.fault_in_now(file, *start, *len, *pgoff, *prot);
+            for r in state.regions.iter() {
+                fault_in_now(r);
             }
         }
-    }
-
-    /// The eager way: faults in every page of the range now, as `MAP_POPULATE` does;
-    /// the pages the EPC has no room for answer SIGBUS from now on.
-    fn fault_in_now(&self, file: &EmulatedFile, addr: usize, len: usize, pgoff: u64, prot: i32) {
-        let vepc = file.model.vepc();
-        let pages = (len / PAGE) as u64;
-        if vepc.populate(pgoff, pages).is_ok() {
-            return;
-        }
-        let mut i = 0;
-        while i < pages {
-            if vepc.page(pgoff + i).is_some() {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < pages && vepc.page(pgoff + i).is_none() {
-                i += 1;
-            }
-            let at = addr + (start as usize) * PAGE;
-            // SAFETY: the pages lie in a vEPC range this device tracks; nothing in Rust
-            // points into vEPC memory (it is handed out as an address and a length).
-            let _ = unsafe { sigbus_pages(at, ((i - start) as usize) * PAGE, prot) };
-        }
+        Ok(())
     }
 
     /// userfaultfd, opened (and its thread started) on first use; `None` where refused.
-    fn uffd(self: &Arc<Self>) -> Option<&Arc<Userfaultfd>> {
+    fn uffd(&self) -> Option<&Arc<Userfaultfd>> {
         self.uffd
             .get_or_init(|| {
                 let u = Arc::new(Userfaultfd::open()?);
                 let server = Arc::clone(&u);
-                let device = Arc::downgrade(self);
+                let device = self.me.clone();
                 std::thread::Builder::new()
                     .name("vepc-faults".into())
-                    .spawn(move || serve(&server, &device))
+                    .spawn(move || faults::serve(&server, &device))
                     .map_err(|e| format!("cannot start the fault thread: {e}"))?;
                 Ok(u)
             })
@@ -395,7 +397,7 @@ impl Emulated {
     /// Makes sure userfaultfd is there when the mode needs it from the start; `Err`
     /// with the reason when it is refused, after which the device is eager (`Auto`,
     /// `Eager`) or refuses mappings (`Userfaultfd`).
-    pub fn prepare(self: &Arc<Self>) -> Result<(), String> {
+    pub fn prepare(&self) -> Result<(), String> {
         if self.mode != FaultMode::Userfaultfd {
             return Ok(());
         }
@@ -414,61 +416,240 @@ impl Emulated {
         let writable = {
             let state = lock(&self.state);
             let (r, _) = state.regions.find(page).ok_or(Errno::EINVAL)?;
-            r.prot & libc_map::PROT_WRITE != 0
+            r.prot & crate::driver::surface::flags::PROT_WRITE != 0
         };
         // MADV_POPULATE_WRITE takes the page's fault path and reports a SIGBUS as
-        // EFAULT.
+        // EFAULT. The range may be unmapped meanwhile: that is the toucher's ENOMEM.
         mm::populate(page, PAGE, writable)
     }
 
-    /// `[addr, addr + len)` is no longer mapped as it was (`munmap`, or another
-    /// mapping over it): its instances are released if this was their last reference.
-    pub fn unmapped(&self, addr: usize, len: usize) {
-        // A program's every munmap may ask: most find nothing, without the lock.
+    /// The tracked parts of `[addr, addr + len)`, as `(start, end)` in address order:
+    /// where a program's call on memory meets vEPC mappings.
+    pub fn tracked_in(&self, addr: usize, len: usize) -> Vec<(usize, usize)> {
         if !self.mapped_any.load(Ordering::Acquire) {
-            return;
+            return Vec::new();
         }
+        let end = addr.saturating_add(len);
+        let state = lock(&self.state);
+        let mut v: Vec<(usize, usize)> = state
+            .regions
+            .iter()
+            .filter(|r| r.start < end && addr < r.end)
+            .map(|r| (r.start.max(addr), r.end.min(end)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// `munmap(addr, len)` by a program whose address space may hold this device's
+    /// mappings: unmaps, and forgets the tracked ranges there; their instances are
+    /// released if that was their last reference.
+    ///
+    /// # Safety
+    ///
+    /// As munmap(2): nothing in Rust may point into the range.
+    pub unsafe fn munmap(&self, addr: usize, len: usize) -> Result<(), Errno> {
+        // SAFETY: the caller's contract is munmap(2)'s.
+        unsafe { self.map_over(addr, len, || mm::unmap(addr, len)) }
+    }
+
+    /// Runs `replace`, a call that maps something else over `[addr, addr + len)` or
+    /// unmaps it (`munmap`, an `mmap` with `MAP_FIXED`), with the table locked, and if
+    /// it succeeds forgets the tracked ranges it replaced.
+    ///
+    /// # Safety
+    ///
+    /// As the call `replace` makes.
+    pub unsafe fn map_over<T>(
+        &self,
+        addr: usize,
+        len: usize,
+        replace: impl FnOnce() -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        if !self.mapped_any.load(Ordering::Acquire) {
+            return replace();
+        }
+        let (r, gone) = {
+            let mut state = lock(&self.state);
+            let r = replace();
+            let gone = if r.is_ok() {
+                // The kernel works in whole pages.
+                let len = len.checked_next_multiple_of(PAGE).unwrap_or(usize::MAX);
+                self.forget(&mut state, addr, len)
+            } else {
+                Ok(Vec::new())
+            };
+            (r, gone)
+        };
+        self.finish(gone);
+        r
+    }
+
+    /// `mremap(old, old_len, new_len, flags, new)` of a range in one of this device's
+    /// mappings: `None` if `old` is not in one (the call is the kernel's alone, and if
+    /// it moves something over a tracked range, [`map_over`](Self::map_over) it).
+    /// A vEPC mapping never grows and cannot be left behind
+    /// ([`crate::driver::surface::vma::mremap`]); it shrinks and moves with its
+    /// instance.
+    ///
+    /// # Safety
+    ///
+    /// As mremap(2).
+    pub unsafe fn mremap(
+        &self,
+        old: usize,
+        old_len: usize,
+        new_len: usize,
+        flags: i32,
+        new: usize,
+    ) -> Option<Result<usize, Errno>> {
+        if !self.mapped_any.load(Ordering::Acquire) {
+            return None;
+        }
+        let (answer, gone) = {
+            let mut state = lock(&self.state);
+            let (_, end) = state.regions.find(old).map(|(r, _)| (r.start, r.end))?;
+            let r = remap_checks(old, old_len, new_len, flags, new, end).and_then(|how| {
+                let new_len = new_len.next_multiple_of(PAGE);
+                let old_len = old_len.next_multiple_of(PAGE);
+                match how {
+                    Remap::Nothing => Ok(old),
+                    Remap::Shrink => {
+                        // SAFETY: the tail of a tracked mapping, the caller's to unmap.
+                        unsafe { mm::unmap(old + new_len, old_len - new_len) }.map(|()| old)
+                    }
+                    // SAFETY: the caller's contract is mremap(2)'s.
+                    Remap::Move => unsafe { mm::move_to(old, old_len, new_len, new) }.map(|()| new),
+                }
+            });
+            let gone = match r {
+                Ok(at) => self.moved(
+                    &mut state,
+                    (old, old_len.next_multiple_of(PAGE)),
+                    (at, new_len.next_multiple_of(PAGE)),
+                ),
+                Err(_) => Ok(Vec::new()),
+            };
+            (r, gone)
+        };
+        self.finish(gone);
+        Some(answer)
+    }
+
+    /// The table after an mremap that moved `(old, old_len)` to `(new, new_len)`.
+    fn moved(
+        &self,
+        state: &mut State,
+        (old, old_len): (usize, usize),
+        (new, new_len): (usize, usize),
+    ) -> Result<Vec<Piece>, backing::Lost> {
+        if (old, old_len) == (new, new_len) {
+            return Ok(Vec::new());
+        }
+        let kept = state
+            .regions
+            .find(old)
+            .map(|(r, index)| (r.token, r.prot, index, r.what.clone()));
+        let mut gone = self.forget(state, old, old_len)?;
+        if let Some((token, prot, pgoff, what)) = kept
+            && new_len > 0
+        {
+            let region = Region {
+                start: new,
+                end: new + new_len,
+                pgoff,
+                prot,
+                token,
+                what,
+            };
+            gone.extend(state.regions.insert(region.clone()));
+            self.mapped_any.store(true, Ordering::Release);
+            // A moved mapping loses its userfaultfd registration.
+            self.place(state, &region)?;
+        }
+        Ok(gone)
+    }
+
+    /// Removes `[addr, addr + len)` from the table after the address space lost it:
+    /// the touches through it are counted first (the memory keeps them, and so does
+    /// the instance). Returns what was removed, for [`finish`](Self::finish).
+    fn forget(
+        &self,
+        state: &mut State,
+        addr: usize,
+        len: usize,
+    ) -> Result<Vec<Piece>, backing::Lost> {
+        let gone = state.regions.remove(addr, len);
+        let mut lost = Ok(());
+        for p in &gone {
+            if let Err(l) = p.file.settle() {
+                lost = Err(l);
+            }
+        }
+        if state.regions.is_empty() {
+            self.mapped_any.store(false, Ordering::Release);
+            // Nothing is owed any more: first touches can be fast again.
+            if state.faults == Faults::Exact && self.mode == FaultMode::Auto {
+                state.faults = Faults::Fast;
+            }
+        }
+        lost.map(|()| gone)
+    }
+
+    /// After the lock: drops what a call removed from the table (which may release
+    /// instances), and reports a lost descriptor.
+    fn finish(&self, gone: Result<Vec<Piece>, backing::Lost>) {
+        match gone {
+            Ok(pieces) => drop(pieces),
+            Err(l) => self.lose(l.0),
+        }
+    }
+
+    /// Unmaps what is left of the mapping `token` ([`crate::device::EpcRegion`]'s, on
+    /// drop): only its own pieces, never a newer mapping at the same addresses.
+    pub(crate) fn unmap_token(&self, token: u64) {
         let gone = {
             let mut state = lock(&self.state);
-            let gone = state.regions.remove(addr, len);
-            // Touches through the range are counted before the range stops being
-            // owed pages: the memfd keeps them, and so does the instance.
-            for p in &gone {
-                p.file.settle();
-            }
-            if state.regions.is_empty() {
-                self.mapped_any.store(false, Ordering::Release);
-                // Nothing is owed any more: first touches can be fast again.
-                if state.faults == Faults::Exact && self.mode == FaultMode::Auto {
-                    state.faults = Faults::Fast;
+            let mut gone = Ok(Vec::new());
+            for (start, end) in state.regions.of_token(token) {
+                // SAFETY: the pieces of the mapping the caller owns and gives up.
+                if unsafe { mm::unmap(start, end - start) }.is_ok() {
+                    let g = self.forget(&mut state, start, end - start);
+                    gone = match (gone, g) {
+                        (Ok(mut a), Ok(b)) => {
+                            a.extend(b);
+                            Ok(a)
+                        }
+                        (Err(l), _) | (_, Err(l)) => Err(l),
+                    };
                 }
             }
             gone
         };
-        drop(gone);
+        self.finish(gone);
     }
 
-    /// A first touch of the page at `page`, as `sgx_vepc_fault` answers it. A bad
+    /// A first touch of the page at `page`, answered as `sgx_vepc_fault` answers it,
+    /// with the table locked so that the range is still the mapping it names. A bad
     /// page's poison is never consumed here: every access the device sees is the
     /// VMM's or a guest's outside an enclave, and those get abort-page semantics on
     /// EPC, not its data (docs/SEMANTICS.md §7.1).
-    fn resolve(&self, page: usize) -> Answer {
-        let found = {
-            let state = lock(&self.state);
-            state
-                .regions
-                .find(page)
-                .map(|(r, index)| (Arc::clone(&r.what.file), index, r.prot))
+    fn serve_fault(&self, uffd: &Userfaultfd, page: usize) {
+        let state = lock(&self.state);
+        let Some((r, index)) = state.regions.find(page) else {
+            // Unmapped meanwhile: the toucher retries and meets whatever is there now.
+            uffd.wake(page);
+            return;
         };
-        let Some((file, index, prot)) = found else {
-            return Answer::Unknown;
-        };
-        let answer = match file.model.vepc().fault(index) {
-            Ok(_) => Answer::Backed,
-            Err(_) => Answer::Sigbus { prot },
-        };
-        drop(file);
-        answer
+        match r.what.file.model_file().vepc().fault(index) {
+            Ok(_) => uffd.zero_page(page),
+            Err(_) => {
+                // SAFETY: the page is in a range the table tracks, with the lock held;
+                // nothing in Rust points into vEPC memory.
+                let _ = unsafe { faults::sigbus_pages(page, PAGE, r.prot) };
+                uffd.wake(page);
+            }
+        }
     }
 
     fn released(&self, id: u64) {
@@ -479,6 +660,10 @@ impl Emulated {
             });
         }
     }
+
+    fn next_token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 impl Drop for Emulated {
@@ -486,213 +671,95 @@ impl Drop for Emulated {
         if let Some(Ok(u)) = self.uffd.get() {
             u.stop();
         }
+        self.model.release_emulation();
     }
 }
 
-/// The fault thread: answers each first touch until the device goes.
-///
-/// After each fault it keeps reading for 200 µs before it sleeps: a program touching
-/// page after page faults again within microseconds, and waking an idle CPU for every
-/// fault costs more than the fault itself.
-fn serve(uffd: &Userfaultfd, device: &Weak<Emulated>) {
-    const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
-    let mut idle_since: Option<std::time::Instant> = None;
-    loop {
-        match uffd.next_fault() {
-            Ok(Some(page)) => {
-                idle_since = None;
-                let answer = device
-                    .upgrade()
-                    .map_or(Answer::Unknown, |d| d.resolve(page));
-                match answer {
-                    Answer::Backed => uffd.zero_page(page),
-                    Answer::Sigbus { prot } => {
-                        // SAFETY: `resolve` found the page in a vEPC range the device
-                        // tracks; nothing in Rust points into vEPC memory.
-                        let _ = unsafe { sigbus_pages(page, PAGE, prot) };
-                        uffd.wake(page);
-                    }
-                    Answer::Unknown => uffd.wake(page),
-                }
-            }
-            Ok(None) => {
-                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() < SPIN {
-                    std::hint::spin_loop();
-                } else {
-                    if !uffd.wait() {
-                        return;
-                    }
-                    idle_since = None;
-                }
-            }
-            Err(_) => return,
+/// `mremap`'s checks for a range starting in a vEPC mapping that ends at `end`, in
+/// `mm/mremap.c`'s order: the flags and lengths, the destination of a fixed move, the
+/// range within the mapping, then what `VM_PFNMAP` forbids.
+fn remap_checks(
+    old: usize,
+    old_len: usize,
+    new_len: usize,
+    flags: i32,
+    new: usize,
+    end: usize,
+) -> Result<Remap, Errno> {
+    use crate::driver::surface::mmap::ModelAddressSpace;
+    use crate::driver::surface::vma::remap::{DONTUNMAP, FIXED, MAYMOVE};
+    if flags & !(FIXED | MAYMOVE | DONTUNMAP) != 0
+        || (flags & FIXED != 0 && flags & MAYMOVE == 0)
+        || (flags & DONTUNMAP != 0 && (flags & MAYMOVE == 0 || old_len != new_len))
+        || !old.is_multiple_of(PAGE)
+    {
+        return Err(Errno::EINVAL);
+    }
+    let (Some(old_len), Some(new_len)) = (
+        old_len.checked_next_multiple_of(PAGE),
+        new_len.checked_next_multiple_of(PAGE),
+    ) else {
+        return Err(Errno::EINVAL);
+    };
+    if new_len == 0 {
+        return Err(Errno::EINVAL);
+    }
+    let fixed = flags & FIXED != 0;
+    if fixed {
+        let task_size = ModelAddressSpace::TASK_SIZE as usize;
+        if !new.is_multiple_of(PAGE)
+            || new_len > task_size
+            || new > task_size - new_len
+            || (old + old_len > new && new + new_len > old)
+        {
+            return Err(Errno::EINVAL);
         }
     }
+    // A shrink in place only unmaps the tail, wherever it lies.
+    if !fixed && flags & DONTUNMAP == 0 && old_len >= new_len {
+        return mremap_rule(old_len as u64, new_len as u64, flags, false);
+    }
+    if old_len > end - old {
+        return Err(Errno::EFAULT);
+    }
+    mremap_rule(old_len as u64, new_len as u64, flags, fixed)
 }
 
-/// Makes `[addr, addr + len)` answer every access with `SIGBUS`, as a vEPC page whose
-/// fault found no free EPC does: it maps an empty file there, and a shared mapping
-/// past the end of its file faults with `SIGBUS` (`BUS_ADRERR`) at the address, as
-/// `VM_FAULT_SIGBUS` does; KVM's access to it fails with `EFAULT`.
-///
-/// # Safety
-///
-/// The range must lie in a vEPC mapping this device tracks.
-unsafe fn sigbus_pages(addr: usize, len: usize, prot: i32) -> Result<(), Errno> {
-    static EMPTY: OnceLock<Option<OwnedFd>> = OnceLock::new();
-    let fd = EMPTY
-        .get_or_init(|| rustix::fs::memfd_create("sgx_vepc_sigbus", MemfdFlags::CLOEXEC).ok())
-        .as_ref()
-        .ok_or(Errno::ENOMEM)?;
-    // SAFETY: the caller vouches the range is vEPC memory, which no Rust reference
-    // points into; replacing it leaves what the kernel's fault path would: no memory.
-    unsafe { mm::map_shared(addr, fd.as_fd(), len, prot, mm::FIXED, 0) }.map(drop)
+/// Settles every instance that has a mapping: the others have nothing unsettled
+/// (touches need a mapping, and an unmap settles what was touched through it).
+fn settle_mapped(state: &State) -> Result<(), backing::Lost> {
+    let mut done: Vec<*const EmulatedFile> = Vec::new();
+    for r in state.regions.iter() {
+        let f = Arc::as_ptr(&r.what.file);
+        if !done.contains(&f) {
+            done.push(f);
+            r.what.file.settle()?;
+        }
+    }
+    Ok(())
 }
 
-impl EmulatedFile {
-    /// The model's file: for the guest's side (ENCLS leaves on the instance's pages)
-    /// and for reading the instance's state.
-    pub fn model(&self) -> &VepcFile {
-        &self.model
+/// The eager way: faults in every page of the range now, as `MAP_POPULATE` would on
+/// ordinary memory; the pages the EPC has no room for answer `SIGBUS` from now on.
+fn fault_in_now(r: &Region<Piece>) {
+    let vepc = r.what.file.model_file().vepc();
+    let pages = ((r.end - r.start) / PAGE) as u64;
+    if vepc.populate(r.pgoff, pages).is_ok() {
+        return;
     }
-
-    /// The memfd with the instance's pages (mapping it directly bypasses the device:
-    /// use [`mmap`](Self::mmap)).
-    pub fn memfd(&self) -> BorrowedFd<'_> {
-        self.memfd.as_fd()
-    }
-
-    /// The device the file was opened on, while it lives.
-    pub fn device(&self) -> Option<Arc<Emulated>> {
-        self.device.upgrade()
-    }
-
-    /// `mmap(addr, len, prot, flags, fd, pgoff * 4096)` as a C program calls it: the
-    /// driver's checks (`EINVAL` for length 0 or `MAP_PRIVATE`, …), then the mapping,
-    /// tracked so that its first touches are the model's faults. The range is the
-    /// caller's: unmap it with `munmap` and tell the device with
-    /// [`Emulated::unmapped`] ([`crate::device::EpcRegion`] does both).
-    ///
-    /// # Safety
-    ///
-    /// As mmap(2): with `MAP_FIXED`, `addr..addr + len` must be the caller's to
-    /// replace, with no Rust reference pointing into it.
-    pub unsafe fn mmap(
-        self: &Arc<Self>,
-        addr: usize,
-        len: usize,
-        prot: i32,
-        flags: i32,
-        pgoff: u64,
-    ) -> Result<usize, Errno> {
-        let device = self.device.upgrade().ok_or(Errno::ENODEV)?;
-        let map = self.model.mmap(len as u64, Sharing::Shared, pgoff)?;
-        let len = usize::try_from(map.pages() * PAGE_SIZE).map_err(|_| Errno::ENOMEM)?;
-        if lock(&device.state).faults == Faults::Refused {
-            return Err(Errno::ENODEV);
+    let mut i = 0;
+    while i < pages {
+        if vepc.page(r.pgoff + i).is_some() {
+            i += 1;
+            continue;
         }
-        self.grow((pgoff + map.pages()) * PAGE_SIZE)?;
-        let populate = flags & libc_map::POPULATE != 0;
-        let flags = flags & !libc_map::POPULATE;
-        let offset = pgoff * PAGE_SIZE;
-        // SAFETY: the caller vouches for the range when it asks for MAP_FIXED.
-        let addr = unsafe { mm::map_shared(addr, self.memfd.as_fd(), len, prot, flags, offset) }?;
-        let _ = mm::no_huge_pages(addr, len);
-        let replaced = {
-            let mut state = lock(&device.state);
-            device.mapped_any.store(true, Ordering::Release);
-            let replaced = state.regions.insert(
-                addr,
-                len,
-                pgoff,
-                prot,
-                Piece {
-                    _map: map,
-                    file: Arc::clone(self),
-                },
-            );
-            for p in &replaced {
-                p.file.settle();
-            }
-            device.place(&mut state, addr, len, pgoff, prot, self);
-            replaced
-        };
-        drop(replaced);
-        if populate {
-            let _ = mm::populate(addr, len, prot & libc_map::PROT_WRITE != 0);
+        let start = i;
+        while i < pages && vepc.page(r.pgoff + i).is_none() {
+            i += 1;
         }
-        Ok(addr)
+        let at = r.start + faults::pages(start);
+        // SAFETY: the pages lie in a range the table tracks, and the caller holds its
+        // lock; nothing in Rust points into vEPC memory.
+        let _ = unsafe { faults::sigbus_pages(at, faults::pages(i - start), r.prot) };
     }
-
-    fn grow(&self, len: u64) -> Result<(), Errno> {
-        let size = self.size.load(Ordering::Acquire);
-        if len > size {
-            rustix::fs::ftruncate(&self.memfd, len).map_err(crate::sys::errno)?;
-            self.size.fetch_max(len, Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
-    /// Pages of `pgoff..pgoff + pages` that have no EPC page yet.
-    fn missing(&self, pgoff: u64, pages: usize) -> u64 {
-        let mut present = 0;
-        self.model
-            .vepc()
-            .each_page(pgoff..pgoff + pages as u64, |_, _| present += 1);
-        pages as u64 - present
-    }
-
-    /// Gives every page of the memfd that was touched (has data) and has no EPC page
-    /// yet its EPC page, in index order, as the faults would have.
-    fn settle(&self) {
-        let vepc = self.model.vepc();
-        let size = self.size.load(Ordering::Acquire);
-        if vepc.present_pages() * PAGE_SIZE >= size {
-            return;
-        }
-        let mut at = 0;
-        while at < size {
-            let Ok(data) = rustix::fs::seek(&self.memfd, SeekFrom::Data(at)) else {
-                break;
-            };
-            let hole = rustix::fs::seek(&self.memfd, SeekFrom::Hole(data)).unwrap_or(size);
-            let first = data / PAGE_SIZE;
-            let end = hole.div_ceil(PAGE_SIZE);
-            // Fast mode guarantees a page for each: a failure is a bug of this module.
-            if vepc.populate(first, end - first).is_err() {
-                vepc.device().warn(format!(
-                    "emulated device: no EPC left to settle pages {first}..{end}"
-                ));
-            }
-            at = hole;
-        }
-    }
-
-    /// Pages that hold an EPC page, every touch so far counted.
-    pub fn present_pages(&self) -> u64 {
-        self.settle();
-        self.model.vepc().present_pages()
-    }
-
-    /// Pages not uninitialized (0 after a complete reset), every touch counted.
-    pub fn valid_pages(&self) -> u64 {
-        self.settle();
-        self.model.vepc().valid_pages()
-    }
-
-    /// `ioctl(fd, request, arg)`: the model's `sgx_vepc_ioctl`, after counting the
-    /// touches so far (REMOVE_ALL visits every page the instance holds).
-    pub fn ioctl(&self, request: u32, arg: u64) -> Result<u64, Errno> {
-        self.settle();
-        self.model.ioctl(request, arg)
-    }
-}
-
-/// `MAP_*` and `PROT_*` values the module reads from a caller's flags.
-mod libc_map {
-    use rustix::mm::{MapFlags, ProtFlags};
-
-    pub(super) const POPULATE: i32 = MapFlags::POPULATE.bits() as i32;
-    pub(super) const PROT_WRITE: i32 = ProtFlags::WRITE.bits() as i32;
 }

@@ -1,6 +1,8 @@
 //! Which address ranges are mappings of which instance, kept as the kernel keeps VMAs:
 //! a new `MAP_FIXED` mapping or an `munmap` over part of a range leaves the pieces
-//! outside it, each with its own page offset into the instance.
+//! outside it, each with its own page offset into the instance. Each range carries
+//! the token of the mapping that made it, so its owner removes exactly its own pieces
+//! and never a newer mapping that took the same addresses.
 
 use crate::abi::PAGE_SIZE;
 
@@ -15,6 +17,8 @@ pub(crate) struct Region<T> {
     pub(crate) pgoff: u64,
     /// `PROT_*` it was mapped with.
     pub(crate) prot: i32,
+    /// The mapping that made it (its pieces share it).
+    pub(crate) token: u64,
     /// What it maps.
     pub(crate) what: T,
 }
@@ -34,24 +38,12 @@ impl<T> Default for Regions<T> {
 const PAGE: usize = PAGE_SIZE as usize;
 
 impl<T: Clone> Regions<T> {
-    /// Records a new mapping of `len` bytes at `start`; whatever it covers is gone (a
-    /// `MAP_FIXED` mapping replaces what was there). Returns what was removed.
-    pub(crate) fn insert(
-        &mut self,
-        start: usize,
-        len: usize,
-        pgoff: u64,
-        prot: i32,
-        what: T,
-    ) -> Vec<T> {
-        let removed = self.remove(start, len);
-        self.list.push(Region {
-            start,
-            end: start.saturating_add(len),
-            pgoff,
-            prot,
-            what,
-        });
+    /// Records a new mapping; whatever it covers is gone (a `MAP_FIXED` mapping
+    /// replaces what was there). Returns what was removed, to be dropped by the
+    /// caller outside its locks.
+    pub(crate) fn insert(&mut self, new: Region<T>) -> Vec<T> {
+        let removed = self.remove(new.start, new.end - new.start);
+        self.list.push(new);
         removed
     }
 
@@ -86,6 +78,15 @@ impl<T: Clone> Regions<T> {
         removed
     }
 
+    /// The pieces left of mapping `token`, as `(start, end)`.
+    pub(crate) fn of_token(&self, token: u64) -> Vec<(usize, usize)> {
+        self.list
+            .iter()
+            .filter(|r| r.token == token)
+            .map(|r| (r.start, r.end))
+            .collect()
+    }
+
     /// The range holding `addr`, and the instance page index there.
     pub(crate) fn find(&self, addr: usize) -> Option<(&Region<T>, u64)> {
         self.list
@@ -111,6 +112,17 @@ mod tests {
 
     const A: usize = 0x10_0000;
 
+    fn region(start: usize, pages: usize, pgoff: u64, token: u64, what: char) -> Region<char> {
+        Region {
+            start,
+            end: start + pages * PAGE,
+            pgoff,
+            prot: 3,
+            token,
+            what,
+        }
+    }
+
     fn spans(r: &Regions<char>) -> Vec<(usize, usize, u64, char)> {
         let mut v: Vec<_> = r
             .iter()
@@ -123,7 +135,7 @@ mod tests {
     #[test]
     fn find_gives_the_instance_page() {
         let mut r = Regions::default();
-        r.insert(A, 8 * PAGE, 3, 3, 'a');
+        r.insert(region(A, 8, 3, 1, 'a'));
         assert_eq!(r.find(A).map(|(_, i)| i), Some(3));
         assert_eq!(r.find(A + 5 * PAGE + 17).map(|(_, i)| i), Some(8));
         assert!(r.find(A + 8 * PAGE).is_none());
@@ -133,7 +145,7 @@ mod tests {
     #[test]
     fn munmap_in_the_middle_splits_with_offsets() {
         let mut r = Regions::default();
-        r.insert(A, 8 * PAGE, 0, 3, 'a');
+        r.insert(region(A, 8, 0, 1, 'a'));
         let gone = r.remove(A + 2 * PAGE, 3 * PAGE);
         assert_eq!(gone, vec!['a']);
         assert_eq!(
@@ -145,14 +157,18 @@ mod tests {
         );
         assert_eq!(r.find(A + 6 * PAGE).map(|(_, i)| i), Some(6));
         assert!(r.find(A + 3 * PAGE).is_none());
+        assert_eq!(
+            r.of_token(1),
+            vec![(A, A + 2 * PAGE), (A + 5 * PAGE, A + 8 * PAGE)]
+        );
     }
 
     #[test]
     fn a_fixed_mapping_replaces_what_it_covers() {
         let mut r = Regions::default();
-        r.insert(A, 4 * PAGE, 0, 3, 'a');
-        r.insert(A + 4 * PAGE, 4 * PAGE, 0, 3, 'b');
-        let gone = r.insert(A + 2 * PAGE, 4 * PAGE, 10, 3, 'c');
+        r.insert(region(A, 4, 0, 1, 'a'));
+        r.insert(region(A + 4 * PAGE, 4, 0, 2, 'b'));
+        let gone = r.insert(region(A + 2 * PAGE, 4, 10, 3, 'c'));
         assert_eq!(gone, vec!['a', 'b']);
         assert_eq!(
             spans(&r),
@@ -164,15 +180,29 @@ mod tests {
         );
     }
 
+    /// The race issue 23 found: a mapping unmapped late must not take a newer one at
+    /// the same address with it. Removal goes by token.
+    #[test]
+    fn a_token_names_only_its_own_pieces() {
+        let mut r = Regions::default();
+        r.insert(region(A, 4, 0, 1, 'a'));
+        // The same addresses, mapped again by someone else.
+        r.insert(region(A, 4, 0, 2, 'b'));
+        assert!(
+            r.of_token(1).is_empty(),
+            "the old mapping has no pieces left"
+        );
+        assert_eq!(r.of_token(2), vec![(A, A + 4 * PAGE)]);
+    }
+
     #[test]
     fn unmapping_everything_leaves_nothing() {
         let mut r = Regions::default();
-        r.insert(A, 4 * PAGE, 0, 3, 'a');
-        r.insert(A + 8 * PAGE, 4 * PAGE, 0, 3, 'b');
+        r.insert(region(A, 4, 0, 1, 'a'));
+        r.insert(region(A + 8 * PAGE, 4, 0, 2, 'b'));
         assert_eq!(r.remove(0, usize::MAX).len(), 2);
         assert!(r.is_empty());
-        // Unrelated ranges are untouched and report nothing.
-        r.insert(A, PAGE, 0, 3, 'a');
+        r.insert(region(A, 1, 0, 3, 'a'));
         assert!(r.remove(A + PAGE, PAGE).is_empty());
         assert!(!r.is_empty());
     }
