@@ -199,6 +199,11 @@ fn run(args: &Args) -> Result<(), String> {
         Some(size) => {
             let bytes =
                 vepc::number::parse_size(size).map_err(|e| format!("--host-enclave: {e}"))?;
+            if bytes > vepc::driver::MAX_HOST_ENCLAVE_BYTES {
+                return Err(format!(
+                    "--host-enclave {size}: a host enclave is at most 64G (the model builds it page by page)"
+                ));
+            }
             let pages = bytes.div_ceil(PAGE_SIZE);
             let t = Instant::now();
             let id = device.host_enclave_create(pages).map_err(|e| {

@@ -26,11 +26,12 @@ pub struct Args {
 }
 
 pub fn main(args: &Args) -> ExitCode {
-    let name = args.file.display().to_string();
+    let name = script::escape(&args.file.display().to_string()).into_owned();
+    // At most MAX_SCRIPT_BYTES are read: /dev/zero is refused, not read for ever.
     let src = if name == "-" {
-        std::io::read_to_string(std::io::stdin())
+        script::read_bounded(std::io::stdin().lock())
     } else {
-        std::fs::read_to_string(&args.file)
+        script::read_file(&args.file)
     };
     let src = match src {
         Ok(s) => s,
@@ -50,11 +51,16 @@ pub fn main(args: &Args) -> ExitCode {
         if args.json {
             out(&serde_json::to_string(o).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
         } else {
+            // The script's own text is shown, never sent to the terminal as is.
+            let command = script::escape(&o.command);
             match &o.mismatch {
-                None => out(&format!("{}: {} -> {}", o.line, o.command, o.result)),
+                None => out(&format!("{}: {command} -> {}", o.line, o.result)),
                 Some(m) => out(&format!(
-                    "{}: {} -> FAILED: expected {}, line {} gave {}",
-                    o.line, o.command, m.expected, m.of_line, m.actual
+                    "{}: {command} -> FAILED: expected {}, line {} gave {}",
+                    o.line,
+                    script::escape(&m.expected),
+                    m.of_line,
+                    m.actual
                 )),
             }
         }

@@ -64,13 +64,21 @@ pub enum ConfigError {
     /// `VEPC_KERNEL` is not a version.
     #[error("VEPC_KERNEL={0:?}: expected a version such as 5.15 or 6.18")]
     Kernel(String),
+    /// A variable's value is not UTF-8 text.
+    #[error("{var}={value:?}: not UTF-8 text")]
+    NotText {
+        /// The variable.
+        var: &'static str,
+        /// Its value, with what is not text replaced.
+        value: String,
+    },
     /// `VEPC_SCRIPT` cannot be read.
     #[error("VEPC_SCRIPT={path}: cannot read it: {err}")]
     ScriptRead {
         /// The path.
         path: String,
         /// Why.
-        err: std::io::Error,
+        err: vepc::script::SourceError,
     },
     /// `VEPC_SCRIPT` is not a valid script.
     #[error("VEPC_SCRIPT={path}: line {line}, column {col}: {msg}")]
@@ -103,16 +111,31 @@ pub fn instance_name(n: usize) -> String {
 }
 
 impl Config {
-    /// Reads the configuration through `var` (the environment, in the shim).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let script = match var("VEPC_SCRIPT").filter(|p| !p.is_empty()) {
+    /// Reads the configuration through `var` (the environment, in the shim). Every
+    /// value must be UTF-8 text: one that is not is an error naming the variable,
+    /// never a default in its place.
+    pub fn from_vars(
+        var_os: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, ConfigError> {
+        let var = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            var_os(name)
+                .map(|v| {
+                    v.into_string().map_err(|v| ConfigError::NotText {
+                        var: name,
+                        value: v.to_string_lossy().into_owned(),
+                    })
+                })
+                .transpose()
+        };
+        let script = match var("VEPC_SCRIPT")?.filter(|p| !p.is_empty()) {
             None => None,
             Some(path) => {
-                let text =
-                    std::fs::read_to_string(&path).map_err(|err| ConfigError::ScriptRead {
+                let text = vepc::script::read_file(std::path::Path::new(&path)).map_err(|err| {
+                    ConfigError::ScriptRead {
                         path: path.clone(),
                         err,
-                    })?;
+                    }
+                })?;
                 let names: Vec<String> = (0..CHECK_NAMES).map(instance_name).collect();
                 let names: Vec<&str> = names.iter().map(String::as_str).collect();
                 let parsed =
@@ -128,23 +151,25 @@ impl Config {
         // The environment first, then the script's own `epc` and `kernel` lines (a
         // parsed script has the defaults where it has no such line).
         let parsed: Option<&Script> = script.as_ref().map(|(_, _, s)| s);
-        let epc = match var("VEPC_EPC") {
+        let epc = match var("VEPC_EPC")? {
             Some(value) => {
                 Epc::parse_sizes(&value).map_err(|why| ConfigError::Epc { value, why })?
             }
             None => parsed.map_or(vec![DEFAULT_EPC], |s| s.epc.clone()),
         };
-        let kernel = match var("VEPC_KERNEL") {
+        let kernel = match var("VEPC_KERNEL")? {
             Some(v) => KernelVersion::parse(v.trim()).ok_or(ConfigError::Kernel(v))?,
             None => parsed.map_or(KernelVersion::DEFAULT, |s| s.kernel),
         };
-        let inject = match var("VEPC_INJECT") {
+        let inject = match var("VEPC_INJECT")? {
             Some(value) => {
-                Injections::parse(&value).map_err(|err| ConfigError::Inject { value, err })?
+                let inject = Injections::parse(&value)
+                    .and_then(|i| i.within(epc.iter().map(|b| b / vepc::abi::PAGE_SIZE).sum()));
+                inject.map_err(|err| ConfigError::Inject { value, err })?
             }
             None => Injections::default(),
         };
-        let faults = match var("VEPC_FAULTS").as_deref().map(str::trim) {
+        let faults = match var("VEPC_FAULTS")?.as_deref().map(str::trim) {
             None | Some("" | "auto") => FaultMode::Auto,
             Some("userfaultfd") => FaultMode::Userfaultfd,
             Some("eager") => FaultMode::Eager,
@@ -155,7 +180,9 @@ impl Config {
             kernel,
             script: script.map(|(p, t, _)| (p, t)),
             inject,
-            log: var("VEPC_LOG").filter(|p| !p.is_empty()).map(PathBuf::from),
+            log: var("VEPC_LOG")?
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
             faults,
         })
     }
@@ -171,7 +198,7 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        Config::from_vars(|k| map.get(k).cloned())
+        Config::from_vars(|k| map.get(k).cloned().map(Into::into))
     }
 
     fn script_file(text: &str) -> (tempdir::Dir, String) {
@@ -217,6 +244,16 @@ mod tests {
     }
 
     #[test]
+    fn a_value_that_is_not_text_names_its_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let e = Config::from_vars(|k| {
+            (k == "VEPC_EPC").then(|| std::ffi::OsString::from_vec(vec![b'6', 0xff, b'M']))
+        })
+        .expect_err("not UTF-8");
+        assert!(e.to_string().starts_with("VEPC_EPC="), "{e}");
+    }
+
+    #[test]
     fn epc_takes_spaces_or_commas() {
         let c = config(&[("VEPC_EPC", "64M 32M"), ("VEPC_KERNEL", "5.15")]).expect("valid");
         assert_eq!(c.epc, vec![64 << 20, 32 << 20]);
@@ -236,6 +273,13 @@ mod tests {
             ("VEPC_FAULTS", "lazy", "expected auto, userfaultfd or eager"),
             ("VEPC_INJECT", "remove-all=EWHAT", "VEPC_INJECT"),
             ("VEPC_SCRIPT", "/nonexistent/guest.vsim", "cannot read it"),
+            ("VEPC_SCRIPT", "/dev/zero", "larger than"),
+            ("VEPC_INJECT", "poison=0-100000", "the EPC has 32768 pages"),
+            (
+                "VEPC_INJECT",
+                "poison=0-18446744073709551615",
+                "the EPC has 32768 pages",
+            ),
         ] {
             let err = config(&[(var, value)]).expect_err(value).to_string();
             assert!(err.contains(says), "{var}={value}: {err}");

@@ -86,6 +86,26 @@ impl Injections {
         Ok(out)
     }
 
+    /// Checks that every `poison=` range lies in an EPC of `pages` pages: a page the
+    /// EPC does not have is no input the shim can use (and `0-18446744073709551615`
+    /// would be walked page by page).
+    pub fn within(self, pages: u64) -> Result<Self, InjectError> {
+        for a in &self.at_start {
+            if let AtStart::Poison(r) = a
+                && *r.end() >= pages
+            {
+                return Err(error(
+                    &format!("poison={}-{}", r.start(), r.end()),
+                    &format!(
+                        "the EPC has {pages} pages (0 to {}); poison pages within it",
+                        pages.saturating_sub(1)
+                    ),
+                ));
+            }
+        }
+        Ok(self)
+    }
+
     /// Whether there is no rule.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.at_start.is_empty()
@@ -138,6 +158,9 @@ fn parse_at_start(rule: &str) -> Result<Option<AtStart>, InjectError> {
         };
     }
     match vepc::number::parse_size(value) {
+        Ok(size) if size > vepc::driver::MAX_HOST_ENCLAVE_BYTES => Err(err(
+            "a host enclave is at most 64G (the model builds it page by page)",
+        )),
         Ok(size) if size > 0 => Ok(Some(AtStart::HostEnclave(size))),
         _ => Err(err(
             "a host enclave's SIZE is bytes with an optional K, M, G or T",

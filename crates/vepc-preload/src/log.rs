@@ -6,36 +6,73 @@
 //! `fd` and, once mapped, `instance` (`S0`, …); `ioctl` adds `request` and `arg` (hex
 //! strings, as `strace` shows them) and `result`: the return value, or an errno name.
 
-use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
 use vepc::abi::Errno;
+use vepc::sys::kept::Kept;
+
+/// The most a program's log may hold, in bytes written by this process: past it one
+/// last line says so and the log stops. A program that makes calls without end (a
+/// VMM's `ioctl` per vCPU exit would not be logged, but a loop of `mmap`s would) does
+/// not fill the disk.
+pub const MAX_LOG_BYTES: u64 = 256 << 20;
 
 /// The log, or nothing when `VEPC_LOG` is unset.
 #[derive(Debug)]
 pub struct Log {
-    file: Option<Mutex<std::fs::File>>,
+    file: Option<Mutex<Sink>>,
     start: Instant,
 }
 
+#[derive(Debug)]
+struct Sink {
+    fd: Kept,
+    path: std::path::PathBuf,
+    written: u64,
+    stopped: bool,
+}
+
+/// Why `VEPC_LOG` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("VEPC_LOG={}: {err}", .path.display())]
+pub struct LogError {
+    /// The path.
+    pub path: std::path::PathBuf,
+    /// What opening or writing it answered.
+    pub err: std::io::Error,
+}
+
 impl Log {
-    /// Opens `path` for appending; a log that cannot be opened is reported once on
-    /// stderr and the program runs unlogged.
-    pub fn open(path: Option<&std::path::Path>) -> Self {
-        let file = path.and_then(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(|e| eprintln!("vepc-preload: VEPC_LOG={}: {e}", p.display()))
-                .ok()
-        });
-        Self {
-            file: file.map(Mutex::new),
+    /// Opens `path` for appending, as one of the shim's own descriptors (out of the
+    /// program's reach). A path that cannot be opened as a file to append to (a
+    /// missing directory, a directory) is an error.
+    pub fn open(path: Option<&std::path::Path>) -> Result<Self, LogError> {
+        let file = match path {
+            None => None,
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|err| LogError {
+                        path: p.to_owned(),
+                        err,
+                    })?;
+                Some(Mutex::new(Sink {
+                    fd: Kept::new(OwnedFd::from(f)),
+                    path: p.to_owned(),
+                    written: 0,
+                    stopped: false,
+                }))
+            }
+        };
+        Ok(Self {
+            file,
             start: Instant::now(),
-        }
+        })
     }
 
     /// Whether lines are written at all.
@@ -43,9 +80,59 @@ impl Log {
         self.file.is_some()
     }
 
-    /// Writes one line: `call`, then `fields` in order.
+    /// Writes one line: `call`, then `fields` in order. A failed write is said once on
+    /// stderr and ends the log; so does reaching [`MAX_LOG_BYTES`], with a last line.
     pub fn line(&self, call: &str, fields: Vec<(&str, Value)>) {
-        let Some(file) = &self.file else { return };
+        let _ = self.write(call, fields);
+    }
+
+    /// [`line`](Self::line), answering whether the line was written.
+    pub fn write(&self, call: &str, fields: Vec<(&str, Value)>) -> Result<(), LogError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let mut sink = vepc::sync::unpoisoned(file);
+        if sink.stopped {
+            return Ok(());
+        }
+        let mut text = self.text(call, fields);
+        if sink.written + text.len() as u64 > MAX_LOG_BYTES {
+            sink.stopped = true;
+            text = self.text(
+                "log",
+                vec![
+                    ("result", "stopped".into()),
+                    ("bytes", sink.written.into()),
+                    (
+                        "why",
+                        format!("VEPC_LOG holds at most {MAX_LOG_BYTES} bytes").into(),
+                    ),
+                ],
+            );
+        }
+        // One write per line: with O_APPEND, lines from processes never interleave.
+        match rustix::io::write(&sink.fd, text.as_bytes()) {
+            Ok(n) if n == text.len() => {
+                sink.written += n as u64;
+                Ok(())
+            }
+            other => {
+                sink.stopped = true;
+                let err = match other {
+                    Err(e) => std::io::Error::from_raw_os_error(e.raw_os_error()),
+                    Ok(n) => std::io::Error::other(format!("{n} of {} bytes written", text.len())),
+                };
+                let e = LogError {
+                    path: sink.path.clone(),
+                    err,
+                };
+                eprintln!("vepc-preload: {e}; nothing more is logged");
+                Err(e)
+            }
+        }
+    }
+
+    fn text(&self, call: &str, fields: Vec<(&str, Value)>) -> String {
         let mut obj = Map::new();
         obj.insert("call".into(), call.into());
         obj.insert("pid".into(), std::process::id().into());
@@ -56,9 +143,7 @@ impl Log {
         }
         let mut text = Value::Object(obj).to_string();
         text.push('\n');
-        let mut f = vepc::sync::unpoisoned(file);
-        // One write per line: with O_APPEND, lines from processes never interleave.
-        let _ = f.write_all(text.as_bytes());
+        text
     }
 }
 
@@ -83,7 +168,7 @@ mod tests {
     fn lines_are_json_with_call_first_fields() {
         let path = std::env::temp_dir().join(format!("vepc-log-test-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let log = Log::open(Some(&path));
+        let log = Log::open(Some(&path)).expect("a file");
         assert!(log.enabled());
         log.line(
             "ioctl",
@@ -112,8 +197,20 @@ mod tests {
 
     #[test]
     fn no_path_no_log() {
-        let log = Log::open(None);
+        let log = Log::open(None).expect("no file");
         assert!(!log.enabled());
         log.line("open", vec![]);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_says_so() {
+        let dir = std::env::temp_dir();
+        assert!(Log::open(Some(&dir)).is_err(), "a directory");
+        assert!(Log::open(Some(std::path::Path::new("/nonexistent/log"))).is_err());
+        let full = Log::open(Some(std::path::Path::new("/dev/full"))).expect("opens");
+        let e = full.write("init", vec![]).expect_err("ENOSPC");
+        assert!(e.to_string().contains("/dev/full"), "{e}");
+        // Once failed, the log is quiet.
+        assert!(full.write("init", vec![]).is_ok());
     }
 }

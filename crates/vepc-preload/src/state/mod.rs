@@ -78,16 +78,20 @@ pub struct Shim {
 
 static SHIM: OnceLock<Shim> = OnceLock::new();
 
+/// Stops the program: a configuration the shim cannot use would make its results
+/// meaningless. One line, exit status 2.
+fn stop(why: &dyn std::fmt::Display) -> ! {
+    eprintln!("vepc-preload: {why}");
+    std::process::exit(2);
+}
+
 /// The shim, set up from the environment on first use. A configuration it cannot use
 /// stops the program with the reason (exit status 2): running on another model than
 /// the one asked for would make its results meaningless.
 pub fn shim() -> &'static Shim {
-    SHIM.get_or_init(|| match Config::from_vars(|k| std::env::var(k).ok()) {
+    SHIM.get_or_init(|| match Config::from_vars(|k| std::env::var_os(k)) {
         Ok(c) => Shim::new(c),
-        Err(e) => {
-            eprintln!("vepc-preload: {e}");
-            std::process::exit(2);
-        }
+        Err(e) => stop(&e),
     })
 }
 
@@ -99,6 +103,8 @@ pub fn existing() -> Option<&'static Shim> {
 
 impl Shim {
     fn new(config: Config) -> Self {
+        // Before the first descriptor of the shim's own is made.
+        vepc::sys::kept::hide_descriptors();
         // Config has checked the sizes with the model's own rules.
         let epc = match Epc::new(&config.epc) {
             Ok(e) => e,
@@ -107,8 +113,8 @@ impl Shim {
                 std::process::exit(2);
             }
         };
-        let log = Log::open(config.log.as_deref());
-        log.line(
+        let log = Log::open(config.log.as_deref()).unwrap_or_else(|e| stop(&e));
+        let init = log.write(
             "init",
             vec![
                 ("epc", config.epc.clone().into()),
@@ -123,6 +129,9 @@ impl Shim {
                 ("inject", (!config.inject.is_empty()).into()),
             ],
         );
+        if let Err(e) = init {
+            stop(&e);
+        }
         let mode = match config.faults {
             FaultMode::Auto => Mode::Auto,
             FaultMode::Userfaultfd => Mode::Userfaultfd,

@@ -27,8 +27,8 @@ use std::sync::{Arc, Weak};
 pub use check::Inconsistency;
 pub use memory_failure::MemoryFailure;
 pub use reclaim::{
-    HostEnclaveId, Ksgxd, ReclaimStats, SGX_NR_HIGH_PAGES, SGX_NR_LOW_PAGES, SGX_NR_TO_SCAN,
-    SGX_VA_SLOT_COUNT,
+    HostEnclaveId, Ksgxd, MAX_HOST_ENCLAVE_BYTES, ReclaimStats, SGX_NR_HIGH_PAGES,
+    SGX_NR_LOW_PAGES, SGX_NR_TO_SCAN, SGX_VA_SLOT_COUNT,
 };
 pub use svn::{RDRAND_RETRY_LOOPS, Svn};
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};

@@ -30,6 +30,12 @@ pub const SGX_NR_TO_SCAN: usize = 16;
 pub const SGX_NR_LOW_PAGES: u64 = 32;
 /// `SGX_NR_HIGH_PAGES`: ksgxd writes pages back until this many are free.
 pub const SGX_NR_HIGH_PAGES: u64 = 64;
+/// The largest host enclave the model builds, in bytes (64 GiB): it adds and writes
+/// back page by page, about 0.3 s per GiB beyond the EPC, so a bound keeps every
+/// script, `VEPC_INJECT` rule and `vepc bench` run within seconds. (Linux's own bound
+/// is the CPU's `MaxEnclaveSize`, CPUID leaf 0x12.)
+pub const MAX_HOST_ENCLAVE_BYTES: u64 = 64 << 30;
+
 /// `SGX_VA_SLOT_COUNT`: pages one version-array page can hold the versions of.
 pub const SGX_VA_SLOT_COUNT: u64 = 512;
 
@@ -290,6 +296,10 @@ impl Device {
     }
 
     fn host_build(&self, id: HostEnclaveId, pages: u64) -> Result<(), Errno> {
+        // sgx_validate_secs: an enclave of no pages has no valid SECS size.
+        if pages == 0 {
+            return Err(Errno::EINVAL);
+        }
         let no_memory = |_| Errno::ENOMEM;
         self.host_grow(id)?;
         let secs = self.alloc_epc_page(0, true).map_err(no_memory)?;

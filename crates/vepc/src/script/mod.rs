@@ -3,9 +3,13 @@
 
 mod parse;
 mod run;
+mod source;
 
 pub use parse::{Command, DEFAULT_EPC, ParseError, Script, Step, is_name, parse, parse_attached};
 pub use run::{Mismatch, Outcome, Report, Runner};
+pub use source::{
+    MAX_LINE_BYTES, MAX_NAME_CHARS, MAX_SCRIPT_BYTES, SourceError, escape, read_bounded, read_file,
+};
 
 /// Parses `src` and runs it on a fresh model, checking consistency after every step
 /// when `check` is set.

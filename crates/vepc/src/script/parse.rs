@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use super::source::{MAX_LINE_BYTES, MAX_NAME_CHARS};
 use crate::abi::{KernelVersion, PAGE_SIZE};
 use crate::model::{AddType, Epc};
 use crate::number::{parse_number, parse_size};
@@ -205,10 +206,11 @@ struct Line<'a> {
 
 impl<'a> Line<'a> {
     fn err(&self, col: usize, msg: impl Into<String>) -> ParseError {
+        // A message quotes the script: its control characters are shown, not sent.
         ParseError {
             line: self.line,
             col,
-            msg: msg.into(),
+            msg: super::escape(&msg.into()).into_owned(),
         }
     }
 
@@ -232,12 +234,30 @@ impl<'a> Line<'a> {
                 ),
             ));
         }
+        if w.text.chars().count() > MAX_NAME_CHARS {
+            return Err(self.err(
+                w.col,
+                format!("{what} is at most {MAX_NAME_CHARS} characters long"),
+            ));
+        }
         Ok(w.text.to_owned())
     }
 
     fn number(&self, i: usize, what: &str) -> Result<u64, ParseError> {
         let w = self.word(i, what)?;
         parse_number(w.text).map_err(|e| self.err(w.col, format!("expected {what}: {e}")))
+    }
+
+    /// A number that fits in 32 bits (an SVN, a count of EUPDATESVN executions).
+    fn number32(&self, i: usize, what: &str) -> Result<u64, ParseError> {
+        let n = self.number(i, what)?;
+        if n > u64::from(u32::MAX) {
+            return Err(self.err(
+                self.words[i].col,
+                format!("expected {what} from 0 to {}, found {n}", u32::MAX),
+            ));
+        }
+        Ok(n)
     }
 
     fn size(&self, i: usize) -> Result<u64, ParseError> {
@@ -314,6 +334,16 @@ pub fn parse_attached(src: &str, fds: &[&str]) -> Result<Script, ParseError> {
     let mut epc = vec![DEFAULT_EPC];
     let mut kernel = KernelVersion::DEFAULT;
     for (i, raw) in src.lines().enumerate() {
+        if raw.len() > MAX_LINE_BYTES {
+            return Err(ParseError {
+                line: i + 1,
+                col: 1,
+                msg: format!(
+                    "the line is {} bytes long; a line is at most {MAX_LINE_BYTES}",
+                    raw.len()
+                ),
+            });
+        }
         let words = words(raw);
         let Some(first) = words.first() else { continue };
         let end_col = words
@@ -384,6 +414,16 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
         "poison" => poison_line(l, scope)?,
         "host-enclave" => {
             let (name, size) = (l.name(1, "a host enclave name")?, l.size(2)?);
+            let most = crate::driver::MAX_HOST_ENCLAVE_BYTES;
+            if size > most {
+                return Err(l.err(
+                    l.words[2].col,
+                    format!(
+                        "a host enclave is at most {}G here, not {size} bytes",
+                        most >> 30
+                    ),
+                ));
+            }
             scope.hosts.insert(name.clone());
             scope.opened = true;
             (Command::HostEnclave { name, size }, 3)
@@ -401,8 +441,8 @@ fn command(l: &Line<'_>, scope: &mut Scope, first: &Word<'_>) -> Result<Command,
         "reclaimer" => (Command::Reclaimer, 1),
         "cpu" => cpu_line(l, scope, first)?,
         "ksgxd" => ksgxd_line(l, scope, first)?,
-        "microcode" => (Command::Microcode(l.number(1, "an SVN number")?), 2),
-        "no-entropy" => (Command::NoEntropy(l.number(1, "a count")?), 2),
+        "microcode" => (Command::Microcode(l.number32(1, "an SVN")?), 2),
+        "no-entropy" => (Command::NoEntropy(l.number32(1, "a count")?), 2),
         "svn" => (Command::Svn, 1),
         other => {
             return Err(l.err(

@@ -11,8 +11,11 @@ use std::sync::Arc;
 use super::parse::{Command, Script, Step};
 use crate::abi::{Errno, FaultError, PAGE_SIZE, Signal};
 use crate::device::ModelSection;
+use crate::driver::surface::Access;
+use crate::driver::surface::flags::{MAP_PRIVATE, MAP_SHARED};
+use crate::driver::surface::mmap::{MmapRequest, ModelAddressSpace};
 use crate::driver::vfs::ScriptCaller;
-use crate::driver::{Device, HostEnclaveId, Sharing, VepcFile};
+use crate::driver::{Device, HostEnclaveId, VepcFile};
 use crate::model::{Epc, EpcError, EpcPage};
 use crate::reset::{ResetError, ResetOptions, reset};
 
@@ -80,6 +83,8 @@ pub struct Runner {
     /// Host enclave name → the live enclave (`None` once closed or never built).
     hosts: HashMap<String, Option<HostEnclaveId>>,
     check_each_step: bool,
+    /// The script's process's address space: what its mappings take of it.
+    space: ModelAddressSpace,
 }
 
 impl Runner {
@@ -94,6 +99,7 @@ impl Runner {
             enclaves: HashMap::new(),
             hosts: HashMap::new(),
             check_each_step: false,
+            space: ModelAddressSpace::default(),
         })
     }
 
@@ -116,6 +122,7 @@ impl Runner {
             enclaves: HashMap::new(),
             hosts: HashMap::new(),
             check_each_step: false,
+            space: ModelAddressSpace::default(),
         }
     }
 
@@ -187,12 +194,16 @@ impl Runner {
             Command::Mmap { fd, size, private } => {
                 let slot = self.slot(fd);
                 let inst = self.fds[slot].as_mut().ok_or(Fail::Errno(Errno::EBADF))?;
-                let sharing = if *private {
-                    Sharing::Private
-                } else {
-                    Sharing::Shared
+                let sharing = if *private { MAP_PRIVATE } else { MAP_SHARED };
+                // mmap(NULL, SIZE, PROT_READ | PROT_WRITE, sharing, fd, 0), checked as
+                // Linux checks it (driver::surface), in the script's address space.
+                let req = MmapRequest {
+                    flags: sharing,
+                    ..MmapRequest::shared(*size, 0, 0)
                 };
-                let map = inst.file.mmap(*size, sharing, 0)?;
+                let (map, _) = inst
+                    .file
+                    .mmap_in(Access::READ_WRITE, &req, &mut self.space)?;
                 inst.maps.push(map);
                 Ok("ok".into())
             }
@@ -243,7 +254,10 @@ impl Runner {
             Command::Close(fd) => {
                 let slot = self.slot(fd);
                 // Unmaps and closes: the instance's last reference goes, release runs.
-                self.fds[slot].take().ok_or(Fail::Errno(Errno::EBADF))?;
+                let inst = self.fds[slot].take().ok_or(Fail::Errno(Errno::EBADF))?;
+                for m in &inst.maps {
+                    self.space.unmap(m.pages() * PAGE_SIZE);
+                }
                 Ok("ok".into())
             }
             Command::Reset(names) => self.reset(names),
