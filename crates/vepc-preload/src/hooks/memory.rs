@@ -257,7 +257,10 @@ fn madvise_vepc(shim: &Shim, addr: usize, len: usize, advice: c_int) -> Result<(
         vec![
             ("addr", hex(addr as u64)),
             ("len", (len as u64).into()),
-            ("advice", advice.into()),
+            (
+                "advice",
+                vma::advice_name(advice).map_or_else(|| advice.into(), Value::from),
+            ),
             ("result", crate::log::result(r.map(|()| 0))),
         ],
     );

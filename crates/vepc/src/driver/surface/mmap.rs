@@ -210,8 +210,10 @@ fn file_checks(
 
 /// A process's address space as `vepc sim` models one: nothing mapped but what the
 /// script maps, Linux's defaults for the limits (4-level paging's `TASK_SIZE`,
-/// `vm.mmap_min_addr` 65536, `vm.max_map_count` 65530), no locked memory and no
-/// `MAP_FIXED`.
+/// `vm.mmap_min_addr` 65536, `vm.max_map_count` 65530) and no locked memory. It
+/// counts bytes, not places: a `MAP_FIXED` address is checked for its alignment and
+/// range only, and the room is never fragmented (a real process's is, by its own
+/// text, heap and libraries: it may fit one terabyte fewer).
 #[derive(Debug, Clone, Default)]
 pub struct ModelAddressSpace {
     mapped: u64,
@@ -243,10 +245,18 @@ impl AddressSpace for ModelAddressSpace {
         self.count > Self::MAX_MAP_COUNT
     }
 
-    fn unmapped_area(&mut self, _addr: u64, len: u64, flags: i32) -> Result<u64, Errno> {
+    fn unmapped_area(&mut self, addr: u64, len: u64, flags: i32) -> Result<u64, Errno> {
         if flags & MAP_FIXED != 0 {
-            // The scripts' process never asks for an address.
-            return Err(Errno::EINVAL);
+            // __get_unmapped_area's checks of a fixed address.
+            if len > Self::TASK_SIZE || addr > Self::TASK_SIZE - len {
+                return Err(Errno::ENOMEM);
+            }
+            if !addr.is_multiple_of(PAGE_SIZE) {
+                return Err(Errno::EINVAL);
+            }
+            self.mapped += len;
+            self.count += 1;
+            return Ok(addr);
         }
         let room = Self::TASK_SIZE - Self::MMAP_MIN_ADDR - self.mapped;
         if len > room {

@@ -36,6 +36,41 @@ pub mod advice {
     pub const GUARD_REMOVE: i32 = 103;
 }
 
+/// The `MADV_*` name of `advice`, for logs.
+pub fn advice_name(advice: i32) -> Option<&'static str> {
+    use advice::*;
+    Some(match advice {
+        NORMAL => "MADV_NORMAL",
+        RANDOM => "MADV_RANDOM",
+        SEQUENTIAL => "MADV_SEQUENTIAL",
+        WILLNEED => "MADV_WILLNEED",
+        DONTNEED => "MADV_DONTNEED",
+        FREE => "MADV_FREE",
+        REMOVE => "MADV_REMOVE",
+        DONTFORK => "MADV_DONTFORK",
+        DOFORK => "MADV_DOFORK",
+        MERGEABLE => "MADV_MERGEABLE",
+        UNMERGEABLE => "MADV_UNMERGEABLE",
+        HUGEPAGE => "MADV_HUGEPAGE",
+        NOHUGEPAGE => "MADV_NOHUGEPAGE",
+        DONTDUMP => "MADV_DONTDUMP",
+        DODUMP => "MADV_DODUMP",
+        WIPEONFORK => "MADV_WIPEONFORK",
+        KEEPONFORK => "MADV_KEEPONFORK",
+        COLD => "MADV_COLD",
+        PAGEOUT => "MADV_PAGEOUT",
+        POPULATE_READ => "MADV_POPULATE_READ",
+        POPULATE_WRITE => "MADV_POPULATE_WRITE",
+        DONTNEED_LOCKED => "MADV_DONTNEED_LOCKED",
+        COLLAPSE => "MADV_COLLAPSE",
+        HWPOISON => "MADV_HWPOISON",
+        SOFT_OFFLINE => "MADV_SOFT_OFFLINE",
+        GUARD_INSTALL => "MADV_GUARD_INSTALL",
+        GUARD_REMOVE => "MADV_GUARD_REMOVE",
+        _ => return None,
+    })
+}
+
 /// Whether Linux 6.18 knows `advice` at all (`madvise_behavior_valid`): an unknown one
 /// is `EINVAL` before any mapping is looked at.
 pub fn known_advice(advice: i32) -> bool {
