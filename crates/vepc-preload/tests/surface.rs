@@ -55,6 +55,21 @@ impl Row {
     }
 }
 
+/// Runs a row that must end the program: its exit status and stderr.
+fn run_stopped(row: &str) -> (Option<i32>, String, String) {
+    let out = Command::new(client())
+        .arg(row)
+        .env("LD_PRELOAD", shim_path())
+        .env("VEPC_EPC", "64K")
+        .output()
+        .expect("run the client");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn run_with(row: &str, soft_nofile: Option<u64>) -> Row {
     let dir = Scratch::new("surface");
     let log = dir.path.join("log");
@@ -432,5 +447,25 @@ fn the_shims_descriptors_are_out_of_reach() {
         let at = u64::from_str_radix(r.get("sigbus_addr").trim_start_matches("0x"), 16)
             .expect("a SIGBUS");
         assert_eq!(at - base, 16 * 4096, "SIGBUS at the 17th page");
+    }
+}
+
+/// If a descriptor of the shim's is lost anyway (a raw system call no hook sees),
+/// the device fails loudly: one line, exit status 2, never exactness silently off.
+#[test]
+fn a_descriptor_lost_behind_the_shims_back_stops_the_program() {
+    for (row, says) in [
+        ("lost_userfaultfd", "userfaultfd"),
+        ("lost_memfd", "instance's memory"),
+    ] {
+        let (code, stdout, stderr) = run_stopped(row);
+        assert!(stdout.contains("found=yes"), "{row}: {stdout}");
+        assert_eq!(code, Some(2), "{row}: {stdout}\n{stderr}");
+        assert!(!stdout.contains("still_running"), "{row}: {stdout}");
+        assert!(
+            stderr.starts_with("vepc-preload: ") && stderr.contains(says),
+            "{row}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{row}: one line: {stderr}");
     }
 }

@@ -410,6 +410,58 @@ static void row_descriptors(void)
     }
 }
 
+/* The shim's descriptor of `kind` ("userfaultfd", "memfd:sgx_vepc"), or -1. */
+static int find_kept(const char *kind)
+{
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int found = -1;
+    while (d && (e = readdir(d))) {
+        char link[256], path[300];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t l = readlink(path, link, sizeof link - 1);
+        if (l > 0) {
+            link[l] = 0;
+            if (strstr(link, kind))
+                found = atoi(e->d_name);
+        }
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* A raw close(2) of the shim's userfaultfd, which no hook sees: the device must
+ * stop the program rather than let first touches escape the model. */
+static void row_lost_userfaultfd(void)
+{
+    int fd = open_dev(O_RDWR);
+    char *p = map_rw(fd, 32);
+    int k = find_kept("userfaultfd");
+    printf("found=%s\n", k >= 0 ? "yes" : "no");
+    fflush(stdout);
+    syscall(SYS_close, k);
+    for (long i = 0; i < 4; i++)
+        p[i * PAGE] = 1;
+    sleep(3);
+    printf("still_running\n");
+}
+
+/* A raw dup2(2) over the instance's memfd: the next ioctl finds another file. */
+static void row_lost_memfd(void)
+{
+    int fd = open_dev(O_RDWR);
+    char *p = map_rw(fd, 4);
+    p[0] = 1;
+    int k = find_kept("memfd:sgx_vepc");
+    printf("found=%s\n", k >= 0 ? "yes" : "no");
+    fflush(stdout);
+    int null = open("/dev/null", O_RDWR);
+    syscall(SYS_dup2, null, k);
+    remove_all("remove_all", fd);
+    printf("still_running\n");
+}
+
 int main(int argc, char **argv)
 {
     static const struct { const char *name; void (*row)(void); } rows[] = {
@@ -421,6 +473,8 @@ int main(int argc, char **argv)
         {"madvise", row_madvise},    {"mremap", row_mremap},
         {"fork", row_fork},          {"remote", row_remote},
         {"descriptors", row_descriptors},
+        {"lost_userfaultfd", row_lost_userfaultfd},
+        {"lost_memfd", row_lost_memfd},
     };
     for (size_t i = 0; argc > 1 && i < sizeof rows / sizeof rows[0]; i++) {
         if (strcmp(argv[1], rows[i].name) == 0) {

@@ -244,17 +244,28 @@ impl Userfaultfd {
     }
 
     /// Sleeps until a fault is pending; `false` once [`stop`](Self::stop) was called.
-    pub(crate) fn wait(&self) -> bool {
-        let mut fds = [
-            PollFd::new(&self.fd, PollFlags::IN),
-            PollFd::new(&self.stop, PollFlags::IN),
-        ];
+    ///
+    /// It wakes at least once a second and checks that its descriptor is still the
+    /// userfaultfd: a descriptor closed behind its back wakes no `poll` (Linux does
+    /// not), and first touches would then silently be ordinary ones. `Err` then.
+    pub(crate) fn wait(&self) -> Result<bool, ()> {
+        let second = rustix::event::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
         loop {
-            match rustix::event::poll(&mut fds, None) {
-                Ok(_) if !fds[1].revents().is_empty() => return false,
-                Ok(_) => return true,
+            let mut fds = [
+                PollFd::new(&self.fd, PollFlags::IN),
+                PollFd::new(&self.stop, PollFlags::IN),
+            ];
+            match rustix::event::poll(&mut fds, Some(&second)) {
+                Ok(_) if !fds[1].revents().is_empty() => return Ok(false),
+                Ok(0) if !self.still_ours() => return Err(()),
+                Ok(0) => continue,
+                Ok(_) if fds[0].revents().contains(PollFlags::NVAL) => return Err(()),
+                Ok(_) => return Ok(true),
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(_) => return false,
+                Err(_) => return Err(()),
             }
         }
     }

@@ -42,10 +42,14 @@ pub(super) fn serve(uffd: &Userfaultfd, device: &Weak<Emulated>) {
                     lost(uffd, device, "it is another file now");
                     return;
                 }
-                if !uffd.wait() {
-                    return;
+                match uffd.wait() {
+                    Ok(true) => idle_since = None,
+                    Ok(false) => return,
+                    Err(()) => {
+                        lost(uffd, device, "it is no longer the userfaultfd");
+                        return;
+                    }
                 }
-                idle_since = None;
             }
             Err(e) => {
                 lost(uffd, device, &format!("reading it answered {e}"));

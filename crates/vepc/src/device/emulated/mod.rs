@@ -258,7 +258,18 @@ impl Emulated {
         }
     }
 
+    /// `EIO` once the device has lost track of a descriptor; checks the
+    /// userfaultfd's first (the memfds are checked where they are used).
     fn check_lost(&self) -> Result<(), Errno> {
+        if let Some(Ok(u)) = self.uffd.get()
+            && !u.still_ours()
+        {
+            self.lose(format!(
+                "the device's userfaultfd (descriptor {}) was closed or replaced behind \
+                 its back: first touches can no longer reach the model",
+                u.raw()
+            ));
+        }
         match self.lost.get() {
             Some(_) => Err(Errno::EIO),
             None => Ok(()),
