@@ -311,11 +311,29 @@ fn stderr_evidence(run: &Run, text: &str) -> String {
 const RESET_ERROR: &str = "cannot reset vEPC section";
 
 fn judge_split(_: &Path, run: &Run) -> Verdict {
-    let evidence = vec![reset_evidence(run, 0), stderr_evidence(run, RESET_ERROR)];
+    let evidence = vec![
+        reset_evidence(run, 0),
+        stderr_evidence(run, RESET_ERROR),
+        prealloc_evidence(run),
+    ];
     if run.resets.iter().all(|r| r.complete()) {
         Verdict::Pass { evidence }
     } else {
         Verdict::bug(Bug::SecsLeft, evidence)
+    }
+}
+
+/// How prealloc went: by QEMU's own touches, as on an SGX host, or not.
+fn prealloc_evidence(run: &Run) -> String {
+    let probes = run.populate_probes();
+    if !probes.is_empty() && probes.iter().all(|r| r == "EINVAL") {
+        format!(
+            "prealloc: MADV_POPULATE_WRITE answered EINVAL ({} probe(s)), as on an SGX host: \
+             QEMU touched every page itself, catching SIGBUS",
+            probes.len()
+        )
+    } else {
+        format!("prealloc: MADV_POPULATE_WRITE answered {probes:?}")
     }
 }
 

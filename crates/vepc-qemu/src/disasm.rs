@@ -11,6 +11,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use crate::bounded::{self, BoundedError, Limits};
 
 /// How `%rdx` gets its value at a REMOVE_ALL call.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -51,6 +54,9 @@ pub enum DisasmError {
     /// objdump is not installed or did not run.
     #[error("objdump could not run ({0}): install binutils")]
     NoObjdump(std::io::Error),
+    /// objdump ran past its limits.
+    #[error("objdump: {0}")]
+    Bounded(BoundedError),
     /// objdump failed on the binary.
     #[error("objdump failed on {path}: {stderr}")]
     Failed {
@@ -61,13 +67,25 @@ pub enum DisasmError {
     },
 }
 
+/// How long `objdump -d` may take on a QEMU binary, and how much it may print
+/// (Debian 12's QEMU 7.2: 1 s and 55 MB).
+const OBJDUMP_LIMITS: Limits = Limits {
+    time: Duration::from_secs(120),
+    bytes: 512 << 20,
+};
+
 /// The REMOVE_ALL call sites of `binary` (none: it never issues the ioctl this way).
 pub fn remove_all_calls(binary: &Path) -> Result<Vec<CallSite>, DisasmError> {
-    let out = Command::new("objdump")
-        .args(["-d", "--no-show-raw-insn", "-M", "att"])
-        .arg(binary)
-        .output()
-        .map_err(DisasmError::NoObjdump)?;
+    let out = bounded::output(
+        Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn", "-M", "att"])
+            .arg(binary),
+        OBJDUMP_LIMITS,
+    )
+    .map_err(|e| match e {
+        BoundedError::Start { err, .. } => DisasmError::NoObjdump(err),
+        other => DisasmError::Bounded(other),
+    })?;
     if !out.status.success() {
         return Err(DisasmError::Failed {
             path: binary.display().to_string(),

@@ -11,12 +11,14 @@
 //! - [`check`]: the cases a correct reset must handle (a transient and a persistent
 //!   `EBUSY`, `ENOTTY`, `EINVAL`, the third argument), each judged from the log and
 //!   QEMU's stderr, naming the bug when it shows one: what `vepc qemu-check` runs;
+//! - [`bounded`]: every child process with a time limit and a cap on its output;
 //! - [`disasm`]: whether the binary passes REMOVE_ALL's third argument on purpose,
 //!   read from its machine code.
 //!
 //! The patch that fixes what the checks find in Debian's QEMU 7.2 is
 //! `contrib/qemu/0001-*.patch`, built by `contrib/qemu/build`.
 
+pub mod bounded;
 pub mod check;
 pub mod disasm;
 pub mod log;

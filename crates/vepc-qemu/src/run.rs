@@ -2,19 +2,19 @@
 //! start-up reset run, send `system_reset` as often as asked, check it still answers,
 //! quit, and cut the shim's log into the resets that made it.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::bounded::{self, BoundedError, Limits, wait_for};
 use crate::log::{self, Reset};
 use crate::qmp::{Qmp, QmpError};
 
 /// How long QEMU may take to reach its QMP greeting (a slow CI machine, a large
 /// prealloc) and to answer each message after it.
-const START_LIMIT: Duration = Duration::from_secs(60);
+const START_LIMIT: Duration = Duration::from_secs(30);
 const IO_LIMIT: Duration = Duration::from_secs(30);
 
 /// What to run QEMU with.
@@ -81,6 +81,18 @@ impl Run {
     /// Lines of QEMU's stderr that contain `text`.
     pub fn stderr_lines(&self, text: &str) -> Vec<&str> {
         self.stderr.lines().filter(|l| l.contains(text)).collect()
+    }
+
+    /// How QEMU's prealloc met the vEPC mappings: its `MADV_POPULATE_WRITE` calls on
+    /// them and their answers. On an SGX host (and on the shim) the probe answers
+    /// `EINVAL` (`VM_PFNMAP`), and QEMU touches every page from its own threads,
+    /// catching `SIGBUS`; one `Ok` here would mean it populated through the kernel.
+    pub fn populate_probes(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter(|l| l["call"] == "madvise" && l["advice"] == "MADV_POPULATE_WRITE")
+            .map(|l| l["result"].to_string().trim_matches('"').to_owned())
+            .collect()
     }
 
     /// Every REMOVE_ALL call of the run, in order.
@@ -155,9 +167,20 @@ pub fn qemu_on_path() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The first line of `qemu --version`.
-pub fn version(qemu: &Path) -> Result<String, std::io::Error> {
-    let out = Command::new(qemu).arg("--version").output()?;
+/// How long `--version` may take, and how much it may print.
+const VERSION_LIMITS: Limits = Limits {
+    time: Duration::from_secs(10),
+    bytes: 64 * 1024,
+};
+
+/// How much of QEMU's stderr a run keeps (the rest is read and dropped, so a chatty
+/// QEMU never blocks on its pipe nor fills memory).
+pub const STDERR_KEPT: usize = 1 << 20;
+
+/// The first line of `qemu --version`, within [`VERSION_LIMITS`]: a program that
+/// hangs or prints without end is an error, not a wait.
+pub fn version(qemu: &Path) -> Result<String, BoundedError> {
+    let out = bounded::output(Command::new(qemu).arg("--version"), VERSION_LIMITS)?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()
@@ -209,15 +232,20 @@ pub fn run(qemu: &Path, shim: &Path, setup: &Setup) -> Result<Run, RunError> {
         err,
     })?;
     // Drain stderr as QEMU writes it, so a chatty QEMU never blocks on a full pipe.
-    let stderr_reader = child.stderr.take().map(|mut e| {
+    let stderr_reader = child.stderr.take().map(|e| {
         std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = e.read_to_string(&mut s);
-            s
+            String::from_utf8_lossy(&bounded::read_keeping(e, STDERR_KEPT)).into_owned()
         })
     });
     let driven = drive(&mut child, &qmp_path, &log_path, setup.resets);
-    let status = wait_for(&mut child, IO_LIMIT);
+    // After a QMP failure QEMU has exited (its status says why) or hangs: a second
+    // tells which, rather than the whole limit again.
+    let limit = if driven.is_ok() {
+        IO_LIMIT
+    } else {
+        Duration::from_secs(1)
+    };
+    let status = wait_for(&mut child, limit);
     let stderr = stderr_reader
         .and_then(|h| h.join().ok())
         .unwrap_or_default();
@@ -267,21 +295,6 @@ fn drive(
     let alive = qmp.execute("query-status").is_ok();
     qmp.quit()?;
     Ok((out, alive))
-}
-
-fn wait_for(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// A scratch directory for one run, removed when dropped.
