@@ -15,7 +15,7 @@ use vepc::abi::{Errno, KernelVersion};
 use vepc::device::ModelSection;
 use vepc::driver::Device;
 use vepc::model::{AddType, Epc, EpcPage};
-use vepc::reset::{ResetOptions, reset};
+use vepc::reset::{QuiesceError, ResetOptions, reset};
 
 use crate::out;
 
@@ -184,8 +184,9 @@ fn guest_reboots(
     story: &mut Story,
 ) -> Option<[ModelSection; 2]> {
     let mut stopped = Vec::new();
-    let mut stop_vcpus = |instance: usize| -> Result<(), String> {
-        epc.eexit(vault_tcs).map_err(|e| format!("EEXIT: {e}"))?;
+    let mut stop_vcpus = |instance: usize| -> Result<(), QuiesceError> {
+        epc.eexit(vault_tcs)
+            .map_err(|e| QuiesceError::new(format!("EEXIT: {e}")))?;
         stopped.push(instance);
         Ok(())
     };

@@ -38,7 +38,7 @@ use vepc::abi::{Errno, KernelVersion};
 use vepc::device::{Emulated, FaultMode, MapOptions, VepcDevice, VepcSection};
 use vepc::driver::Device;
 use vepc::model::{AddType, Epc};
-use vepc::reset::{ResetOptions, reset};
+use vepc::reset::{QuiesceError, ResetOptions, reset};
 
 const PAGE: u64 = vepc::abi::PAGE_SIZE;
 /// Pages in each of the guest's two EPC sections.
@@ -185,7 +185,7 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
 
     // The guest reboots. The vCPU is stopped already (it halted, or its run failed);
     // a VMM with running vCPUs pauses them here.
-    let mut quiesce = |_section: usize| -> Result<(), String> { Ok(()) };
+    let mut quiesce = |_section: usize| -> Result<(), QuiesceError> { Ok(()) };
     let report = reset(&mut sections, &ResetOptions::default(), Some(&mut quiesce))
         .map_err(|e| format!("reset: {e}"))?;
     for c in &report.calls {

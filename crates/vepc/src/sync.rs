@@ -2,22 +2,27 @@
 //! feature explores thread schedules (`tests/concurrency.rs`). Arc and Weak are std's
 //! either way, so the public API does not change.
 //!
-//! [`unpoisoned`] is for std's mutexes outside the model (the emulated device, the
-//! reset lock, the `LD_PRELOAD` shim), which shuttle never explores.
+//! The model, the emulated device's table and the reset lock use these, so shuttle
+//! explores them all. [`unpoisoned`] is for std's mutexes that stay std's (the kept
+//! descriptors, the `LD_PRELOAD` shim).
 
+#[cfg(not(feature = "shuttle"))]
+pub(crate) use std::sync::Condvar;
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 #[cfg(not(feature = "shuttle"))]
 pub(crate) use std::sync::{Mutex, MutexGuard, RwLock};
 #[cfg(not(feature = "shuttle"))]
-pub(crate) use std::thread::yield_now;
+pub(crate) use std::thread::{ThreadId, current as current_thread, yield_now};
 
+#[cfg(feature = "shuttle")]
+pub(crate) use shuttle::sync::Condvar;
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 #[cfg(feature = "shuttle")]
 pub(crate) use shuttle::sync::{Mutex, MutexGuard, RwLock};
 #[cfg(feature = "shuttle")]
-pub(crate) use shuttle::thread::yield_now;
+pub(crate) use shuttle::thread::{ThreadId, current as current_thread, yield_now};
 
 use std::sync::PoisonError;
 

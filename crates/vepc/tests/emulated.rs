@@ -2,6 +2,8 @@
 //! faults, in each way the device can serve them, and the same VMM code (sections, the
 //! reset protocol) that runs on the host's device.
 
+#![allow(unsafe_code)]
+
 use std::sync::Arc;
 
 use vepc::abi::{Errno, KernelVersion, PAGE_SIZE};
@@ -286,4 +288,232 @@ fn concurrent_fast_touches_each_count_once() {
     });
     assert_eq!(s.fd().pages(), Some((256, 0)));
     assert_eq!(used(&dev), 256);
+}
+
+// ---- misuse, as a VMM developer might (issue 23) --------------------------------------
+
+#[test]
+fn a_model_backs_one_emulated_device() {
+    let model = Device::new(
+        Epc::new(&[16 * PAGE_SIZE]).expect("EPC"),
+        KernelVersion::DEFAULT,
+    );
+    let first = Emulated::new(Arc::clone(&model), FaultMode::Auto).expect("the first");
+    let second = Emulated::new(Arc::clone(&model), FaultMode::Auto);
+    assert_eq!(second.err(), Some(vepc::device::VepcError::ModelTaken));
+    drop(first);
+    assert!(Emulated::new(model, FaultMode::Auto).is_ok(), "free again");
+}
+
+#[test]
+fn remap_and_sections_check_whose_fd_and_region_they_are() {
+    use vepc::device::VepcError;
+    let (a, b) = (emulated(64, FaultMode::Auto), emulated(64, FaultMode::Auto));
+    let (da, db) = (VepcDevice::emulated_on(&a), VepcDevice::emulated_on(&b));
+    let s = section(&a, 4);
+    let other = db.open().expect("open");
+    let before = s.region().addr();
+    let e = VepcSection::open(&da, 4 * PAGE, MapOptions::default())
+        .expect("a section")
+        .region()
+        .maps(&other);
+    assert!(!e);
+    // recreate goes through remap with the section's own device: fine. Another
+    // device's fd is refused, and nothing changes.
+    let fd_b = db.open().expect("open");
+    let mut region = fd_b.map(4 * PAGE, MapOptions::default()).expect("map");
+    let fd_a = da.open().expect("open");
+    let r = region.remap(&fd_a, MapOptions::default());
+    assert!(
+        matches!(r, Err(VepcError::InvalidArgument { op: "remap", .. })),
+        "{r:?}"
+    );
+    assert!(region.maps(&fd_b));
+    assert_eq!(s.region().addr(), before);
+    // A section of another device's fd, or of a region of another fd.
+    let fd = db.open().expect("open");
+    let region = fd.map(PAGE, MapOptions::default()).expect("map");
+    let r = VepcSection::new(da.clone(), fd, region, MapOptions::default());
+    assert!(matches!(r, Err(VepcError::InvalidArgument { .. })), "{r:?}");
+    let fd = da.open().expect("open");
+    let foreign = da
+        .open()
+        .expect("open")
+        .map(PAGE, MapOptions::default())
+        .expect("map");
+    let r = VepcSection::new(da.clone(), fd, foreign, MapOptions::default());
+    assert!(matches!(r, Err(VepcError::InvalidArgument { .. })), "{r:?}");
+    assert!(touch(&a, &s, [0]).iter().all(Result::is_ok));
+    s.fd().remove_all().expect("still its own instance");
+}
+
+#[test]
+fn an_fd_keeps_its_device_alive() {
+    let fd = VepcDevice::emulated(&[1 << 20])
+        .expect("device")
+        .open()
+        .expect("open");
+    let region = fd.map(4 * PAGE, MapOptions::default()).expect("maps");
+    assert_eq!(fd.remove_all(), Ok(0));
+    drop(region);
+}
+
+/// The fd of an emulated instance cannot be mapped (or ioctl'd) behind the library's
+/// back: it is an O_PATH descriptor, and every such call is EBADF at once.
+#[test]
+fn an_emulated_fd_cannot_be_used_behind_the_librarys_back() {
+    use std::os::fd::AsFd;
+    let dev = emulated(16, FaultMode::Auto);
+    let fd = VepcDevice::emulated_on(&dev).open().expect("open");
+    // SAFETY: a mapping request that the kernel refuses; nothing is mapped.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            rustix::mm::ProtFlags::READ,
+            rustix::mm::MapFlags::SHARED,
+            fd.as_fd(),
+            0,
+        )
+    };
+    assert_eq!(p.err(), Some(rustix::io::Errno::BADF));
+    assert_eq!(
+        rustix::io::read(fd.as_fd(), &mut [0u8; 8]).err(),
+        Some(rustix::io::Errno::BADF)
+    );
+}
+
+#[test]
+fn offsets_up_to_ulong_max_as_a_character_device_has() {
+    use vepc::driver::surface::mmap::MmapRequest;
+    let dev = emulated(16, FaultMode::Auto);
+    let file = dev.open(0).expect("open");
+    // SAFETY: no fixed address: nothing is replaced.
+    let high = unsafe { file.mmap(&MmapRequest::shared(PAGE as u64, 0x7fff_ffff_ffff_f000, 0)) }
+        .expect("a character device's offsets reach ULONG_MAX");
+    dev.touch(high).expect("a first touch there");
+    assert_eq!(file.present_pages(), 1);
+    // SAFETY: as above.
+    let r = unsafe { file.mmap(&MmapRequest::shared(PAGE as u64, (-4096i64) as u64, 0)) };
+    assert_eq!(r, Err(Errno::EOVERFLOW), "past ULONG_MAX");
+    // SAFETY: the mapping made above.
+    unsafe { dev.munmap(high, PAGE) }.expect("munmap");
+}
+
+#[test]
+fn map_errors_say_what_is_wrong() {
+    use vepc::device::VepcError;
+    let dev = VepcDevice::emulated(&[1 << 20]).expect("device");
+    let fd = dev.open().expect("open");
+    let huge = fd
+        .map(usize::MAX - 4095, MapOptions::default())
+        .expect_err("no room");
+    assert!(matches!(huge, VepcError::NoRoom { .. }), "{huge:?}");
+    assert_eq!(huge.errno(), Errno::ENOMEM);
+    // SAFETY: an unaligned fixed address: the kernel refuses before replacing anything.
+    let unaligned =
+        unsafe { fd.map_fixed(0x1000_0001, PAGE, MapOptions::default()) }.expect_err("unaligned");
+    assert!(
+        unaligned.to_string().contains("multiple of the page size"),
+        "{unaligned}"
+    );
+    let zero = fd.map(0, MapOptions::default()).expect_err("zero");
+    assert!(zero.to_string().contains("must not be 0"), "{zero}");
+}
+
+#[test]
+fn a_report_of_no_instances_does_not_panic() {
+    let report = vepc::reset::ResetReport {
+        calls: vec![vepc::reset::Call {
+            instance: 3,
+            round: 1,
+            answer: Ok(0),
+            elapsed: std::time::Duration::ZERO,
+        }],
+        ..Default::default()
+    };
+    assert_eq!(report.round(1, 0), Vec::<Option<Result<u64, Errno>>>::new());
+    assert_eq!(report.round(1, 2), [None, None]);
+}
+
+/// A quiesce hook that resets the same device again: refused, not a deadlock.
+#[test]
+fn a_reset_nested_in_a_quiesce_hook_is_refused() {
+    use vepc::reset::{QuiesceError, ResetError};
+    let dev = emulated(64, FaultMode::Auto);
+    let mut guest = vec![section(&dev, 4)];
+    let mut other = vec![section(&dev, 4)];
+    assert!(touch(&dev, &guest[0], 0..2).iter().all(Result::is_ok));
+    let model = dev.model();
+    let page = |i| {
+        guest[0]
+            .fd()
+            .model()
+            .expect("emulated")
+            .vepc()
+            .page(i)
+            .expect("touched")
+    };
+    let (secs, tcs) = (page(0), page(1));
+    model.epc().ecreate(secs).expect("ecreate");
+    model.epc().eadd(tcs, secs, AddType::Tcs).expect("eadd");
+    model.epc().einit(secs).expect("einit");
+    model.epc().eenter(tcs).expect("eenter");
+    let mut nested = None;
+    let mut hook = |_| -> Result<(), QuiesceError> {
+        let r = reset(&mut other, &ResetOptions::default(), None);
+        nested = r.err().map(|f| f.error);
+        model
+            .epc()
+            .eexit(tcs)
+            .map_err(|e| QuiesceError::new(e.to_string()))
+    };
+    reset(&mut guest, &ResetOptions::default(), Some(&mut hook)).expect("the outer reset");
+    assert_eq!(nested, Some(ResetError::Nested));
+}
+
+/// Two VMs on two devices reset side by side: one's quiesce hook waits until the
+/// other's reset is done, which a process-wide lock would never let happen.
+#[test]
+fn unrelated_devices_reset_side_by_side() {
+    use std::sync::mpsc;
+    use vepc::reset::QuiesceError;
+    let (a, b) = (emulated(64, FaultMode::Auto), emulated(64, FaultMode::Auto));
+    let mut ga = vec![section(&a, 4)];
+    let mut gb = vec![section(&b, 4)];
+    assert!(touch(&a, &ga[0], 0..2).iter().all(Result::is_ok));
+    let ma = a.model();
+    let page = |i| {
+        ga[0]
+            .fd()
+            .model()
+            .expect("emulated")
+            .vepc()
+            .page(i)
+            .expect("touched")
+    };
+    let (secs, tcs) = (page(0), page(1));
+    ma.epc().ecreate(secs).expect("ecreate");
+    ma.epc().eadd(tcs, secs, AddType::Tcs).expect("eadd");
+    ma.epc().einit(secs).expect("einit");
+    ma.epc().eenter(tcs).expect("eenter");
+    let (done_tx, done_rx) = mpsc::channel();
+    let (start_tx, start_rx) = mpsc::channel::<()>();
+    std::thread::scope(|t| {
+        t.spawn(move || {
+            let _ = start_rx.recv();
+            reset(&mut gb, &ResetOptions::default(), None).expect("reset b");
+            let _ = done_tx.send(());
+        });
+        let mut hook = |_| -> Result<(), QuiesceError> {
+            let _ = start_tx.send(());
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .map_err(|_| QuiesceError::from("device b's reset waited for device a's"))?;
+            ma.epc()
+                .eexit(tcs)
+                .map_err(|e| QuiesceError::new(e.to_string()))
+        };
+        reset(&mut ga, &ResetOptions::default(), Some(&mut hook)).expect("reset a");
+    });
 }

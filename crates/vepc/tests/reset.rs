@@ -11,7 +11,7 @@ use vepc::device::ModelSection;
 use vepc::device::{VepcError, VepcInstance};
 use vepc::driver::Device;
 use vepc::model::{AddType, Epc, EpcPage};
-use vepc::reset::{ResetError, ResetOptions, Strategy as Rounds, reset};
+use vepc::reset::{QuiesceError, ResetError, ResetOptions, Strategy as Rounds, reset};
 
 const PAGE: u64 = vepc::abi::PAGE_SIZE;
 
@@ -121,7 +121,9 @@ fn a_thread_inside_fails_without_a_quiesce_hook_and_succeeds_with_one() {
     let mut stop = |instance: usize| {
         assert_eq!(instance, 0);
         hooked.set(hooked.get() + 1);
-        dev.epc().eexit(tcs).map_err(|e| e.to_string())
+        dev.epc()
+            .eexit(tcs)
+            .map_err(|e| QuiesceError::new(e.to_string()))
     };
     let r = reset(&mut g, &ResetOptions::default(), Some(&mut stop)).expect("reset");
     assert_eq!((hooked.get(), r.quiesced), (1, 1));
@@ -137,7 +139,7 @@ fn a_failing_quiesce_hook_stops_the_reset() {
     let secs = enclave(&dev, (&g[0], 3), &[(&g[0], 0)]);
     dev.epc().einit(secs).expect("einit");
     dev.epc().eenter(page(&g[0], 0)).expect("eenter");
-    let mut hook = |_| Err("vCPU 0 does not answer".to_string());
+    let mut hook = |_| Err(QuiesceError::from("vCPU 0 does not answer"));
     let failed = reset(&mut g, &ResetOptions::default(), Some(&mut hook)).expect_err("fails");
     assert_eq!(
         failed.error,

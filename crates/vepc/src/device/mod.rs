@@ -34,11 +34,14 @@ pub use section::VepcSection;
 use crate::abi::KernelVersion;
 use crate::driver::{Device, Stats};
 use crate::model::Epc;
+use crate::reset::ResetLock;
 
 /// Where vEPC instances come from: the host's `/dev/sgx_vepc`, or the emulated one.
 #[derive(Debug, Clone)]
 pub struct VepcDevice {
     kind: Kind,
+    /// Serializes the resets of this device's instances.
+    reset: Arc<ResetLock>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,8 +58,10 @@ impl VepcDevice {
 
     /// A host vEPC node at another path (a container's bind mount, say).
     pub fn host_at(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
         Self {
-            kind: Kind::Host(path.into()),
+            reset: host_reset_lock(&path),
+            kind: Kind::Host(path),
         }
     }
 
@@ -72,11 +77,17 @@ impl VepcDevice {
     /// EPC).
     pub fn emulated_on(device: &Arc<Emulated>) -> Self {
         Self {
+            reset: Arc::clone(device.reset_lock()),
             kind: Kind::Emulated {
                 device: Arc::clone(device),
                 node: 0,
             },
         }
+    }
+
+    /// The lock [`crate::reset::reset`] holds over this device's instances.
+    pub fn reset_lock(&self) -> &Arc<ResetLock> {
+        &self.reset
     }
 
     /// The same device, with the instances it opens faulting their pages in from EPC
@@ -112,4 +123,22 @@ impl VepcDevice {
     pub fn stats(&self) -> Option<Stats> {
         self.emulation().map(|d| d.stats())
     }
+}
+
+/// One reset lock per host node path, for every [`VepcDevice`] of this process that
+/// names it: instances of one node share a kernel, whose ioctls and releases must not
+/// run beside a reset.
+fn host_reset_lock(path: &std::path::Path) -> Arc<ResetLock> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, Weak};
+    static LOCKS: Mutex<Option<HashMap<PathBuf, Weak<ResetLock>>>> = Mutex::new(None);
+    let mut locks = crate::sync::unpoisoned(&LOCKS);
+    let map = locks.get_or_insert_with(HashMap::new);
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(l) = map.get(path).and_then(Weak::upgrade) {
+        return l;
+    }
+    let l = ResetLock::new();
+    map.insert(path.to_owned(), Arc::downgrade(&l));
+    l
 }

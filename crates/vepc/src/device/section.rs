@@ -1,6 +1,9 @@
 //! [`VepcSection`]: one guest EPC section as a VMM holds it, on either device.
 
+use std::sync::Arc;
+
 use super::{EpcRegion, MapOptions, VepcDevice, VepcError, VepcFd, VepcInstance};
+use crate::reset::ResetLock;
 
 /// One guest EPC section (QEMU: one `memory-backend-epc`): an open instance and its
 /// mapping, which the VMM hands to KVM as a memory slot, and which
@@ -83,5 +86,9 @@ impl VepcInstance for VepcSection {
         self.region.remap(&new, self.opts)?;
         self.fd = new;
         Ok(())
+    }
+
+    fn reset_lock(&self) -> Option<&Arc<ResetLock>> {
+        Some(self.device.reset_lock())
     }
 }

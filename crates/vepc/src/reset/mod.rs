@@ -14,15 +14,20 @@
 //!
 //! # Serialization
 //!
-//! One reset runs at a time in a process (a global lock), and the `&mut` borrow of
-//! the instances keeps this process's code from closing or replacing them meanwhile.
+//! One reset runs at a time per device ([`ResetLock`]: the emulated device's, or the
+//! host node's), so resets of unrelated VMs on different devices run side by side; a
+//! quiesce hook that resets the same device again gets [`ResetError::Nested`], not a
+//! deadlock. The `&mut` borrow of the instances keeps this process's code from
+//! closing or replacing them meanwhile.
 //! The VMM must not close a vEPC fd of the guest by other means (a raw `close` on a
 //! duplicated fd, another process holding it) during a reset: a close runs the
 //! kernel's release, whose EREMOVEs conflict with REMOVE_ALL's.
 
+mod lock;
 mod parallel;
 
-use std::sync::Mutex;
+pub use lock::ResetLock;
+
 use std::time::{Duration, Instant};
 
 use crate::abi::Errno;
@@ -118,11 +123,14 @@ pub struct ResetReport {
 }
 
 impl ResetReport {
-    /// The final answer of each instance in a round (`None`: not called then).
+    /// The final answer of each of the first `instances` instances in a round
+    /// (`None`: not called then).
     pub fn round(&self, round: u8, instances: usize) -> Vec<Option<Result<u64, Errno>>> {
         let mut v = vec![None; instances];
         for c in self.calls.iter().filter(|c| c.round == round) {
-            v[c.instance] = Some(c.answer);
+            if let Some(slot) = v.get_mut(c.instance) {
+                *slot = Some(c.answer);
+            }
         }
         v
     }
@@ -173,7 +181,60 @@ pub enum ResetError {
     },
     /// The VMM's quiesce hook failed.
     #[error("the quiesce hook failed: {0}")]
-    Quiesce(String),
+    Quiesce(#[source] QuiesceError),
+    /// A reset of these instances' device is already running in this thread: a
+    /// quiesce hook that resets again. Nothing was called.
+    #[error(
+        "a reset of this device is already running in this thread (a quiesce hook that \
+         resets again?): a reset cannot wait for itself"
+    )]
+    Nested,
+}
+
+/// Why the VMM's quiesce hook could not stop its vCPUs: any error, kept with its
+/// sources (`From` a `String`, a `&str`, an `io::Error` or a [`VepcError`], or
+/// [`QuiesceError::new`] for another).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct QuiesceError(std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl QuiesceError {
+    /// The hook's error `e`.
+    pub fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(std::sync::Arc::from(e.into()))
+    }
+}
+
+impl PartialEq for QuiesceError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for QuiesceError {}
+
+impl From<String> for QuiesceError {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<&str> for QuiesceError {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<std::io::Error> for QuiesceError {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(e)
+    }
+}
+
+impl From<VepcError> for QuiesceError {
+    fn from(e: VepcError) -> Self {
+        Self::new(e)
+    }
 }
 
 impl ResetError {
@@ -183,7 +244,7 @@ impl ResetError {
             Self::Busy { error, .. } | Self::Ioctl { error, .. } | Self::Recreate { error, .. } => {
                 Some(error.errno())
             }
-            Self::SecsLeft { .. } | Self::Quiesce(_) => None,
+            Self::SecsLeft { .. } | Self::Quiesce(_) | Self::Nested => None,
         }
     }
 }
@@ -199,9 +260,7 @@ pub struct ResetFailed {
 }
 
 /// Called with an instance's position when it answered `EBUSY`: stop the vCPUs.
-pub type Quiesce<'a> = &'a mut dyn FnMut(usize) -> Result<(), String>;
-
-static RESET_LOCK: Mutex<()> = Mutex::new(());
+pub type Quiesce<'a> = &'a mut dyn FnMut(usize) -> Result<(), QuiesceError>;
 
 /// Brings every page of the guest's instances back to uninitialized.
 ///
@@ -237,9 +296,16 @@ pub fn reset<I: VepcInstance + Sync>(
     opts: &ResetOptions,
     quiesce: Option<Quiesce<'_>>,
 ) -> Result<ResetReport, ResetFailed> {
-    // std's lock, not the model's: resets are not part of what shuttle explores.
-    let _serialized = crate::sync::unpoisoned(&RESET_LOCK);
     let started = Instant::now();
+    let _serialized = match lock::hold_all(instances.iter().filter_map(|i| i.reset_lock())) {
+        Ok(held) => held,
+        Err(lock::Nested) => {
+            return Err(ResetFailed {
+                error: ResetError::Nested,
+                report: Box::default(),
+            });
+        }
+    };
     let mut run = Run {
         opts,
         quiesce,
@@ -271,7 +337,7 @@ struct NoRemoveAll;
 /// Why an instance's calls stopped without an answer.
 enum Stop {
     Device(VepcError),
-    Quiesce(String),
+    Quiesce(QuiesceError),
 }
 
 impl Run<'_, '_> {

@@ -52,7 +52,7 @@ mod regions;
 mod space;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 pub use file::EmulatedFile;
 pub use space::note_mlockall_future;
@@ -62,7 +62,7 @@ use crate::device::VepcError;
 use crate::driver::surface::Access;
 use crate::driver::surface::vma::{Remap, mremap as mremap_rule};
 use crate::driver::{Device, Mapping, ReclaimStats, Stats};
-use crate::sync::unpoisoned as lock;
+use crate::sync::{Mutex, lock};
 use crate::sys::mm;
 use crate::sys::uffd::Userfaultfd;
 use regions::{Region, Regions};
@@ -147,6 +147,7 @@ pub struct Emulated {
     /// Whether any range is tracked; written under `state`'s lock.
     mapped_any: AtomicBool,
     next_token: AtomicU64,
+    reset_lock: Arc<crate::reset::ResetLock>,
 }
 
 impl std::fmt::Debug for Emulated {
@@ -202,6 +203,7 @@ impl Emulated {
             lost: OnceLock::new(),
             mapped_any: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
+            reset_lock: crate::reset::ResetLock::new(),
         }))
     }
 
@@ -212,6 +214,11 @@ impl Emulated {
     pub fn model(&self) -> &Arc<Device> {
         self.go_exact();
         &self.model
+    }
+
+    /// The lock that serializes resets of this device's instances.
+    pub fn reset_lock(&self) -> &Arc<crate::reset::ResetLock> {
+        &self.reset_lock
     }
 
     /// The kernel version the device behaves like.
