@@ -116,6 +116,7 @@ fn child(name: &str) {
         ("threads", child_threads),
         ("vfs", child_vfs),
         ("passthrough", child_passthrough),
+        ("cycles", child_cycles),
     ];
     match scenarios.iter().find(|(n, _)| *n == name) {
         Some((_, scenario)) => scenario(),
@@ -382,6 +383,39 @@ fn child_vfs() {
             println!("{name}.{how}={} {}", answers[0], answers[1]);
         }
     }
+}
+
+/// `CYCLES_THREADS` threads each open, map 16 KiB, touch every page, munmap and
+/// close, over and over, as a multi-threaded VMM's helpers might. SIGALRM after a
+/// minute ends a run that stalls. Prints the number of cycles done.
+fn child_cycles() {
+    let threads: usize = std::env::var("CYCLES_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    // SAFETY: alarm only schedules a signal.
+    unsafe { libc::alarm(60) };
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..1000 {
+                    let fd = open_vepc(libc::O_RDWR);
+                    assert!(fd >= 0, "open: {}", errno());
+                    let p = rw_shared(fd, 4);
+                    for page in 0..4 {
+                        touch(p, page);
+                    }
+                    // SAFETY: the mapping and descriptor made above, used no more.
+                    unsafe {
+                        assert_eq!(libc::munmap(p.cast(), 4 * PAGE), 0);
+                        assert_eq!(libc::close(fd), 0);
+                    }
+                }
+            })
+        })
+        .collect();
+    let done = workers.into_iter().filter_map(|w| w.join().ok()).count();
+    println!("threads_done={done}");
 }
 
 fn child_passthrough() {
@@ -717,6 +751,31 @@ fn concurrent_first_touches_each_count_once() {
 /// docs/SEMANTICS.md §2 ioctl: the VFS first. For every request of the table, the
 /// shim answers as the kernel answers /dev/null, privileged or not, and `vepc sim`
 /// (an unprivileged process without other descriptors) as the shim does.
+/// Issue 23's first finding through the shim: two threads cycling open, mmap, touch,
+/// munmap, close hung every time. 2 to 8 threads, in each fault mode, with an EPC of
+/// 64 pages (16 per thread at most: exact from the first cycles on for 8 threads).
+fn threads_cycling_through_the_shim() {
+    for (threads, faults) in [
+        ("2", "auto"),
+        ("2", "userfaultfd"),
+        ("8", "auto"),
+        ("8", "userfaultfd"),
+        ("8", "eager"),
+    ] {
+        let r = run(
+            "cycles",
+            &[
+                ("CYCLES_THREADS", threads),
+                ("VEPC_FAULTS", faults),
+                ("VEPC_EPC", "256K"),
+                ("VEPC_LOG", ""),
+            ],
+        );
+        ok(&r);
+        assert_eq!(r.get("threads_done"), threads, "{threads} threads, {faults}");
+    }
+}
+
 fn vfs_ioctls_answer_as_fs_ioctl_c_does() {
     let mut runs = vec![("as this user", run("vfs", &[]))];
     // SAFETY: geteuid only reads our credentials.
@@ -837,6 +896,10 @@ fn main() {
             vfs_ioctls_answer_as_fs_ioctl_c_does,
         ),
         ("other_files_pass_through", other_files_pass_through),
+        (
+            "threads_cycling_through_the_shim",
+            threads_cycling_through_the_shim,
+        ),
     ];
     let mut failed = Vec::new();
     let mut ran = 0;
