@@ -78,8 +78,12 @@ fn prepare(args: &Args) -> Result<Command, String> {
         cmd.env("VEPC_KERNEL", k);
     }
     if let Some(path) = &args.script {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("--script {}: {e}", path.display()))?;
+        let text = script::read_file(path).map_err(|e| {
+            format!(
+                "--script {}: {e}",
+                script::escape(&path.display().to_string())
+            )
+        })?;
         let names: Vec<String> = (0..64).map(|n| format!("S{n}")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         script::parse_attached(&text, &names)

@@ -83,10 +83,13 @@ impl Log {
     /// Writes one line: `call`, then `fields` in order. A failed write is said once on
     /// stderr and ends the log; so does reaching [`MAX_LOG_BYTES`], with a last line.
     pub fn line(&self, call: &str, fields: Vec<(&str, Value)>) {
-        let _ = self.write(call, fields);
+        if let Err(e) = self.write(call, fields) {
+            eprintln!("vepc-preload: {e}; nothing more is logged");
+        }
     }
 
-    /// [`line`](Self::line), answering whether the line was written.
+    /// [`line`](Self::line), answering whether the line was written (and saying
+    /// nothing on stderr: the caller does).
     pub fn write(&self, call: &str, fields: Vec<(&str, Value)>) -> Result<(), LogError> {
         let Some(file) = &self.file else {
             return Ok(());
@@ -122,12 +125,10 @@ impl Log {
                     Err(e) => std::io::Error::from_raw_os_error(e.raw_os_error()),
                     Ok(n) => std::io::Error::other(format!("{n} of {} bytes written", text.len())),
                 };
-                let e = LogError {
+                Err(LogError {
                     path: sink.path.clone(),
                     err,
-                };
-                eprintln!("vepc-preload: {e}; nothing more is logged");
-                Err(e)
+                })
             }
         }
     }

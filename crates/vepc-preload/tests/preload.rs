@@ -772,7 +772,11 @@ fn threads_cycling_through_the_shim() {
             ],
         );
         ok(&r);
-        assert_eq!(r.get("threads_done"), threads, "{threads} threads, {faults}");
+        assert_eq!(
+            r.get("threads_done"),
+            threads,
+            "{threads} threads, {faults}"
+        );
     }
 }
 
