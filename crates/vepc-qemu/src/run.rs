@@ -177,7 +177,7 @@ const VERSION_LIMITS: Limits = Limits {
 /// QEMU never blocks on its pipe nor fills memory).
 pub const STDERR_KEPT: usize = 1 << 20;
 
-/// The first line of `qemu --version`, within [`VERSION_LIMITS`]: a program that
+/// The first line of `qemu --version`, within 10 s and 64 KiB: a program that
 /// hangs or prints without end is an error, not a wait.
 pub fn version(qemu: &Path) -> Result<String, BoundedError> {
     let out = bounded::output(Command::new(qemu).arg("--version"), VERSION_LIMITS)?;

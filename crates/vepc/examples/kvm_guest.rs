@@ -34,11 +34,15 @@ use std::process::ExitCode;
 
 use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
 use kvm_ioctls::{Kvm, VcpuExit, VmFd};
+#[cfg(feature = "vm-memory")]
+use std::sync::Arc;
 use vepc::abi::{Errno, KernelVersion};
+#[cfg(feature = "vm-memory")]
+use vepc::device::guest_memory::{EpcGuestRegion, GuestMemoryWithEpc, GuestRegion};
 use vepc::device::{Emulated, FaultMode, MapOptions, VepcDevice, VepcSection};
 use vepc::driver::Device;
 use vepc::model::{AddType, Epc};
-use vepc::reset::{QuiesceError, ResetOptions, reset};
+use vepc::reset::{Quiesce, QuiesceError, ResetFailed, ResetOptions, ResetReport, reset};
 
 const PAGE: u64 = vepc::abi::PAGE_SIZE;
 /// Pages in each of the guest's two EPC sections.
@@ -61,25 +65,63 @@ struct Outcome {
     valid_after: [u64; 2],
 }
 
-fn option(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
+/// A real KVM guest on the emulated /dev/sgx_vepc: its writes reach the model, and
+/// the reset clears them.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kvm_guest")]
+struct Args {
+    /// Pages of EPC (4 to 1048576; the guest writes 128, so fewer stops it at the
+    /// first page without EPC).
+    #[arg(long, default_value_t = 2 * SECTION_PAGES,
+          value_parser = clap::value_parser!(u64).range(4..=1 << 20))]
+    epc_pages: u64,
+    /// How the emulated device serves first touches.
+    #[arg(long, value_enum, default_value_t = Faults::Auto)]
+    faults: Faults,
+    /// Keep the guest's memory (RAM and EPC) in one vm-memory collection.
+    #[cfg(feature = "vm-memory")]
+    #[arg(long)]
+    vm_memory: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Faults {
+    Auto,
+    Userfaultfd,
+    Eager,
+}
+
+impl From<Faults> for FaultMode {
+    fn from(f: Faults) -> Self {
+        match f {
+            Faults::Auto => FaultMode::Auto,
+            Faults::Userfaultfd => FaultMode::Userfaultfd,
+            Faults::Eager => FaultMode::Eager,
+        }
+    }
+}
+
+/// How the VMM keeps the guest's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memory {
+    /// Its own mapping for RAM, and the sections.
+    Sections,
+    /// One vm-memory collection of RAM and EPC.
+    #[cfg(feature = "vm-memory")]
+    VmMemory,
 }
 
 fn main() -> ExitCode {
-    let epc_pages = option("--epc-pages").map_or(Ok(2 * SECTION_PAGES), |n| n.parse::<u64>());
-    let Ok(epc_pages) = epc_pages.map(|n| n.max(8)) else {
-        eprintln!("kvm_guest: --epc-pages takes a number of pages");
-        return ExitCode::from(2);
+    let args = <Args as clap::Parser>::parse();
+    let (epc_pages, faults) = (args.epc_pages, args.faults.into());
+    #[cfg(feature = "vm-memory")]
+    let how = if args.vm_memory {
+        Memory::VmMemory
+    } else {
+        Memory::Sections
     };
-    let faults = match option("--faults").as_deref() {
-        None | Some("auto") => FaultMode::Auto,
-        Some("userfaultfd") => FaultMode::Userfaultfd,
-        Some("eager") => FaultMode::Eager,
-        Some(other) => {
-            eprintln!("kvm_guest: --faults {other}: expected auto, userfaultfd or eager");
-            return ExitCode::from(2);
-        }
-    };
+    #[cfg(not(feature = "vm-memory"))]
+    let how = Memory::Sections;
     let kvm = match Kvm::new() {
         Ok(k) => k,
         Err(e) => {
@@ -87,7 +129,7 @@ fn main() -> ExitCode {
             return ExitCode::from(77);
         }
     };
-    match run(&kvm, epc_pages, faults) {
+    match run(&kvm, epc_pages, faults, how) {
         Ok(o) => {
             let want = expected(epc_pages);
             let ok = o.touched == want.0 && o.exhausted_at == want.1 && o.valid_after == [0, 0];
@@ -134,14 +176,48 @@ fn expected(epc_pages: u64) -> ([u64; 2], Option<u64>) {
     ([first, second], exhausted)
 }
 
-fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> {
+/// The guest's memory, as the VMM keeps it.
+enum Guest {
+    /// The sections, and RAM the VMM mapped itself.
+    Sections(Vec<VepcSection>),
+    /// One vm-memory collection of RAM and EPC, and the EPC regions it holds.
+    #[cfg(feature = "vm-memory")]
+    VmMemory {
+        /// Kept for the VM's life: its memory slots point into it.
+        _mem: GuestMemoryWithEpc,
+        epc: Vec<Arc<EpcGuestRegion>>,
+    },
+}
+
+impl Guest {
+    /// Calls `f` with section `i`.
+    fn with_section<T>(&self, i: usize, f: impl FnOnce(&VepcSection) -> T) -> T {
+        match self {
+            Self::Sections(s) => f(&s[i]),
+            #[cfg(feature = "vm-memory")]
+            Self::VmMemory { epc, .. } => epc[i].with_section(f),
+        }
+    }
+
+    /// The guest-reboot reset over the sections, however they are kept.
+    fn reset(&mut self, quiesce: Quiesce<'_>) -> Result<ResetReport, ResetFailed> {
+        match self {
+            Self::Sections(s) => reset(s, &ResetOptions::default(), Some(quiesce)),
+            #[cfg(feature = "vm-memory")]
+            Self::VmMemory { epc, .. } => reset(epc, &ResetOptions::default(), Some(quiesce)),
+        }
+    }
+}
+
+fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode, how: Memory) -> Result<Outcome, String> {
     let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
     // The VMM's code, unchanged on an SGX host but for this constructor:
     // `VepcDevice::host()`.
     let epc = Epc::new(&[epc_pages * PAGE]).map_err(|e| e.to_string())?;
     let model = Device::new(epc, KernelVersion::DEFAULT);
-    let device = VepcDevice::emulated_on(&Emulated::new(model, faults).map_err(|e| e.to_string())?);
-    let mut sections: Vec<VepcSection> = (0..2)
+    let emulated = Emulated::new(model, faults).map_err(|e| e.to_string())?;
+    let device = VepcDevice::emulated_on(&emulated);
+    let sections: Vec<VepcSection> = (0..2)
         .map(|_| {
             VepcSection::open(
                 &device,
@@ -151,22 +227,29 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
         })
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
-    let ram = guest_ram(&vm)?;
-    for (slot, (s, gpa)) in sections.iter().zip(SECTION_GPA).enumerate() {
-        add_slot(
-            &vm,
-            slot as u32 + 1,
-            gpa,
-            s.region().addr() as u64,
-            s.region().len() as u64,
-        )?;
-    }
+    let mut guest = match how {
+        Memory::Sections => {
+            guest_ram(&vm)?;
+            for (slot, (s, gpa)) in sections.iter().zip(SECTION_GPA).enumerate() {
+                add_slot(
+                    &vm,
+                    slot as u32 + 1,
+                    gpa,
+                    s.region().addr() as u64,
+                    s.region().len() as u64,
+                )?;
+            }
+            Guest::Sections(sections)
+        }
+        #[cfg(feature = "vm-memory")]
+        Memory::VmMemory => guest_memory(&vm, sections)?,
+    };
     println!(
         "guest: two EPC sections of {SECTION_PAGES} pages at GPA {:#x} and {:#x}, an EPC of {epc_pages} pages",
         SECTION_GPA[0], SECTION_GPA[1]
     );
 
-    let exhausted = run_guest(&vm, ram)?;
+    let exhausted = run_guest(&vm)?;
     match exhausted {
         None => println!("guest: wrote to every page of both sections and halted"),
         Some((gpa, how)) => println!(
@@ -175,18 +258,17 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
              the vCPU"
         ),
     }
-    let emulated = device.emulation().ok_or("not emulated")?;
-    emulated.settle();
-    let touched = [pages(&sections[0]).0, pages(&sections[1]).0];
-    show("after the guest ran", &sections);
+    let touched = [pages(&guest, 0).0, pages(&guest, 1).0];
+    show("after the guest ran", &guest);
 
-    build_enclaves(emulated.model().epc(), &sections, touched)?;
-    show("with the guest's enclaves", &sections);
+    build_enclaves(emulated.model().epc(), &guest, touched)?;
+    show("with the guest's enclaves", &guest);
 
     // The guest reboots. The vCPU is stopped already (it halted, or its run failed);
     // a VMM with running vCPUs pauses them here.
     let mut quiesce = |_section: usize| -> Result<(), QuiesceError> { Ok(()) };
-    let report = reset(&mut sections, &ResetOptions::default(), Some(&mut quiesce))
+    let report = guest
+        .reset(&mut quiesce)
         .map_err(|e| format!("reset: {e}"))?;
     for c in &report.calls {
         println!(
@@ -196,51 +278,89 @@ fn run(kvm: &Kvm, epc_pages: u64, faults: FaultMode) -> Result<Outcome, String> 
             c.answer.map_or_else(|e| e.to_string(), |n| n.to_string())
         );
     }
-    show("after the reset", &sections);
+    show("after the reset", &guest);
     Ok(Outcome {
         touched,
         exhausted_at: exhausted.map(|(gpa, _)| gpa),
         seen_as: exhausted.map(|(_, how)| how),
-        valid_after: [pages(&sections[0]).1, pages(&sections[1]).1],
+        valid_after: [pages(&guest, 0).1, pages(&guest, 1).1],
     })
+}
+
+/// The guest's memory as rust-vmm VMMs keep it: one vm-memory collection of its RAM
+/// (with its code, written through vm-memory) and its EPC sections, each a memory
+/// slot from the collection itself. No `unsafe` for EPC: the collection owns it.
+#[cfg(feature = "vm-memory")]
+fn guest_memory(vm: &VmFd, sections: Vec<VepcSection>) -> Result<Guest, String> {
+    use vm_memory::{
+        Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionCollection,
+        GuestRegionMmap, MemoryRegionAddress,
+    };
+    let ram = GuestRegionMmap::from_range(GuestAddress(0), RAM_BYTES, None)
+        .map_err(|e| format!("guest RAM: {e}"))?;
+    let epc: Vec<Arc<EpcGuestRegion>> = sections
+        .into_iter()
+        .zip(SECTION_GPA)
+        .map(|(s, gpa)| EpcGuestRegion::new(s, GuestAddress(gpa)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let regions = std::iter::once(Arc::new(GuestRegion::Ram(ram)))
+        .chain(
+            epc.iter()
+                .map(|e| Arc::new(GuestRegion::Epc(Arc::clone(e)))),
+        )
+        .collect();
+    let mem: GuestMemoryWithEpc =
+        GuestRegionCollection::from_arc_regions(regions).map_err(|e| e.to_string())?;
+    mem.write_slice(&guest_code(), GuestAddress(CODE_GPA))
+        .map_err(|e| format!("writing the guest's code: {e}"))?;
+    for (slot, r) in mem.iter().enumerate() {
+        let host = r
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|e| e.to_string())?;
+        add_slot(vm, slot as u32, r.start_addr().0, host as u64, r.len())?;
+    }
+    println!(
+        "guest: RAM and EPC in one vm-memory collection of {} regions",
+        mem.num_regions()
+    );
+    Ok(Guest::VmMemory { _mem: mem, epc })
 }
 
 /// The guest's enclaves, built on the model in its place: SECS in section 0, a TCS
 /// and a REG page in section 1 (if the guest got that far); a second enclave and a VA
 /// page within section 0.
-fn build_enclaves(epc: &Epc, sections: &[VepcSection], touched: [u64; 2]) -> Result<(), String> {
-    let page = |s: &VepcSection, i: u64| {
-        s.fd()
-            .model()
-            .and_then(|f| f.vepc().page(i))
+fn build_enclaves(epc: &Epc, guest: &Guest, touched: [u64; 2]) -> Result<(), String> {
+    let page = |s: usize, i: u64| {
+        guest
+            .with_section(s, |s| s.fd().model().and_then(|f| f.vepc().page(i)))
             .ok_or(format!("page {i} was not touched"))
     };
     if touched[1] >= 2 {
-        let secs = page(&sections[0], 0)?;
+        let secs = page(0, 0)?;
         epc.ecreate(secs).map_err(|e| format!("ECREATE: {e}"))?;
-        epc.eadd(page(&sections[1], 0)?, secs, AddType::Tcs)
+        epc.eadd(page(1, 0)?, secs, AddType::Tcs)
             .map_err(|e| format!("EADD: {e}"))?;
-        epc.eadd(page(&sections[1], 1)?, secs, AddType::Reg)
+        epc.eadd(page(1, 1)?, secs, AddType::Reg)
             .map_err(|e| format!("EADD: {e}"))?;
         epc.einit(secs).map_err(|e| format!("EINIT: {e}"))?;
     }
-    let local = page(&sections[0], 1)?;
+    let local = page(0, 1)?;
     epc.ecreate(local).map_err(|e| format!("ECREATE: {e}"))?;
-    epc.eadd(page(&sections[0], 2)?, local, AddType::Tcs)
+    epc.eadd(page(0, 2)?, local, AddType::Tcs)
         .map_err(|e| format!("EADD: {e}"))?;
-    epc.epa(page(&sections[0], 3)?)
-        .map_err(|e| format!("EPA: {e}"))?;
+    epc.epa(page(0, 3)?).map_err(|e| format!("EPA: {e}"))?;
 
     Ok(())
 }
 
-fn pages(s: &VepcSection) -> (u64, u64) {
-    s.fd().pages().unwrap_or((0, 0))
+fn pages(guest: &Guest, i: usize) -> (u64, u64) {
+    guest.with_section(i, |s| s.fd().pages().unwrap_or((0, 0)))
 }
 
-fn show(when: &str, sections: &[VepcSection]) {
-    for (i, s) in sections.iter().enumerate() {
-        let (present, valid) = pages(s);
+fn show(when: &str, guest: &Guest) {
+    for i in 0..2 {
+        let (present, valid) = pages(guest, i);
         println!(
             "model, {when}: section {i}: {present} pages touched, {valid} valid, {} uninitialized",
             present - valid
@@ -248,8 +368,8 @@ fn show(when: &str, sections: &[VepcSection]) {
     }
 }
 
-/// The guest's ordinary RAM (its code), slot 0 at GPA 0.
-fn guest_ram(vm: &VmFd) -> Result<*mut u8, String> {
+/// The guest's ordinary RAM (its code), slot 0 at GPA 0, mapped for the VM's life.
+fn guest_ram(vm: &VmFd) -> Result<(), String> {
     // SAFETY: a new anonymous mapping, which nothing else uses.
     let ram = unsafe {
         rustix::mm::mmap_anonymous(
@@ -264,8 +384,7 @@ fn guest_ram(vm: &VmFd) -> Result<*mut u8, String> {
     let code = guest_code();
     // SAFETY: the code fits in the mapping just made (RAM_BYTES), at CODE_GPA.
     unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), ram.add(CODE_GPA as usize), code.len()) };
-    add_slot(vm, 0, 0, ram as u64, RAM_BYTES as u64)?;
-    Ok(ram)
+    add_slot(vm, 0, 0, ram as u64, RAM_BYTES as u64)
 }
 
 fn add_slot(vm: &VmFd, slot: u32, gpa: u64, addr: u64, len: u64) -> Result<(), String> {
@@ -302,7 +421,7 @@ fn guest_code() -> Vec<u8> {
 
 /// Runs the vCPU until it halts (`None`) or a write finds no EPC: its page's GPA, and
 /// how KVM reported it.
-fn run_guest(vm: &VmFd, _ram: *mut u8) -> Result<Option<(u64, &'static str)>, String> {
+fn run_guest(vm: &VmFd) -> Result<Option<(u64, &'static str)>, String> {
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
@@ -394,11 +513,42 @@ mod tests {
             return;
         };
         for faults in [FaultMode::Auto, FaultMode::Userfaultfd, FaultMode::Eager] {
-            let o = run(&kvm, 2 * SECTION_PAGES, faults).expect("run");
+            let o = run(&kvm, 2 * SECTION_PAGES, faults, Memory::Sections).expect("run");
             assert_eq!(o.touched, [SECTION_PAGES, SECTION_PAGES], "{faults:?}");
             assert_eq!(o.exhausted_at, None, "{faults:?}");
             assert_eq!(o.valid_after, [0, 0], "{faults:?}");
         }
+    }
+
+    /// The same guest with its memory in one vm-memory collection.
+    #[cfg(feature = "vm-memory")]
+    #[test]
+    fn the_guest_runs_on_vm_memory_with_epc_regions() {
+        let Some(kvm) = kvm_or_skip("the_guest_runs_on_vm_memory_with_epc_regions") else {
+            return;
+        };
+        for epc_pages in [2 * SECTION_PAGES, SECTION_PAGES + 20] {
+            let o = run(&kvm, epc_pages, FaultMode::Auto, Memory::VmMemory).expect("run");
+            assert_eq!(expected(epc_pages), (o.touched, o.exhausted_at));
+            assert_eq!(o.valid_after, [0, 0]);
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_not_clamped() {
+        use clap::Parser;
+        for bad in [
+            &["kvm_guest", "--epc-pages", "0"][..],
+            &["kvm_guest", "--epc-pages", "3"],
+            &["kvm_guest", "--epc-pages", "4503599627370496"],
+            &["kvm_guest", "--faults", "lazy"],
+            &["kvm_guest", "--epc-pages"],
+            &["kvm_guest", "--bogus"],
+        ] {
+            assert!(Args::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let ok = Args::try_parse_from(["kvm_guest", "--epc-pages", "84"]).expect("valid");
+        assert_eq!(ok.epc_pages, 84);
     }
 
     #[test]
@@ -408,7 +558,7 @@ mod tests {
         };
         // Auto turns exact when the second section is mapped; eager decides at mmap.
         for faults in [FaultMode::Auto, FaultMode::Eager] {
-            let o = run(&kvm, SECTION_PAGES + 20, faults).expect("run");
+            let o = run(&kvm, SECTION_PAGES + 20, faults, Memory::Sections).expect("run");
             assert_eq!(o.touched, [SECTION_PAGES, 20], "{faults:?}");
             assert_eq!(
                 o.exhausted_at,
@@ -419,7 +569,7 @@ mod tests {
             assert_eq!(o.valid_after, [0, 0], "{faults:?}");
             assert_eq!(expected(SECTION_PAGES + 20), (o.touched, o.exhausted_at));
         }
-        let o = run(&kvm, 40, FaultMode::Auto).expect("run");
+        let o = run(&kvm, 40, FaultMode::Auto, Memory::Sections).expect("run");
         assert_eq!(
             (o.touched, o.exhausted_at),
             ([40, 0], Some(SECTION_GPA[0] + 40 * PAGE))

@@ -15,6 +15,8 @@
 mod emulated;
 mod error;
 mod fd;
+#[cfg(feature = "vm-memory")]
+pub mod guest_memory;
 mod instance;
 mod model_section;
 mod region;
