@@ -436,18 +436,12 @@ fn a_report_of_no_instances_does_not_panic() {
     assert_eq!(report.round(1, 2), [None, None]);
 }
 
-/// A quiesce hook that resets the same device again: refused, not a deadlock.
-#[test]
-fn a_reset_nested_in_a_quiesce_hook_is_refused() {
-    use vepc::reset::{QuiesceError, ResetError};
-    let dev = emulated(64, FaultMode::Auto);
-    let mut guest = vec![section(&dev, 4)];
-    let mut other = vec![section(&dev, 4)];
-    assert!(touch(&dev, &guest[0], 0..2).iter().all(Result::is_ok));
-    let model = dev.model();
+/// An enclave in `s` (SECS at page 0, a TCS at page 1) with a thread inside: every
+/// REMOVE_ALL of `s` answers EBUSY until it leaves. The TCS, for its EEXIT.
+fn thread_inside(dev: &Emulated, s: &VepcSection) -> vepc::model::EpcPage {
+    assert!(touch(dev, s, 0..2).iter().all(Result::is_ok));
     let page = |i| {
-        guest[0]
-            .fd()
+        s.fd()
             .model()
             .expect("emulated")
             .vepc()
@@ -455,10 +449,23 @@ fn a_reset_nested_in_a_quiesce_hook_is_refused() {
             .expect("touched")
     };
     let (secs, tcs) = (page(0), page(1));
-    model.epc().ecreate(secs).expect("ecreate");
-    model.epc().eadd(tcs, secs, AddType::Tcs).expect("eadd");
-    model.epc().einit(secs).expect("einit");
-    model.epc().eenter(tcs).expect("eenter");
+    let epc = dev.model().epc();
+    epc.ecreate(secs).expect("ecreate");
+    epc.eadd(tcs, secs, AddType::Tcs).expect("eadd");
+    epc.einit(secs).expect("einit");
+    epc.eenter(tcs).expect("eenter");
+    tcs
+}
+
+/// A quiesce hook that resets the same device again: refused, not a deadlock.
+#[test]
+fn a_reset_nested_in_a_quiesce_hook_is_refused() {
+    use vepc::reset::{QuiesceError, ResetError};
+    let dev = emulated(64, FaultMode::Auto);
+    let mut guest = vec![section(&dev, 4)];
+    let mut other = vec![section(&dev, 4)];
+    let tcs = thread_inside(&dev, &guest[0]);
+    let model = dev.model();
     let mut nested = None;
     let mut hook = |_| -> Result<(), QuiesceError> {
         let r = reset(&mut other, &ResetOptions::default(), None);
@@ -481,22 +488,8 @@ fn unrelated_devices_reset_side_by_side() {
     let (a, b) = (emulated(64, FaultMode::Auto), emulated(64, FaultMode::Auto));
     let mut ga = vec![section(&a, 4)];
     let mut gb = vec![section(&b, 4)];
-    assert!(touch(&a, &ga[0], 0..2).iter().all(Result::is_ok));
+    let tcs = thread_inside(&a, &ga[0]);
     let ma = a.model();
-    let page = |i| {
-        ga[0]
-            .fd()
-            .model()
-            .expect("emulated")
-            .vepc()
-            .page(i)
-            .expect("touched")
-    };
-    let (secs, tcs) = (page(0), page(1));
-    ma.epc().ecreate(secs).expect("ecreate");
-    ma.epc().eadd(tcs, secs, AddType::Tcs).expect("eadd");
-    ma.epc().einit(secs).expect("einit");
-    ma.epc().eenter(tcs).expect("eenter");
     let (done_tx, done_rx) = mpsc::channel();
     let (start_tx, start_rx) = mpsc::channel::<()>();
     std::thread::scope(|t| {

@@ -516,56 +516,28 @@ unsafe fn process_vm(
     }
 }
 
-/// `process_vm_readv`.
-///
-/// # Safety
-/// As the C function.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn process_vm_readv(
-    pid: libc::pid_t,
-    local: *const libc::iovec,
-    lcnt: c_ulong,
-    remote: *const libc::iovec,
-    rcnt: c_ulong,
-    flags: c_ulong,
-) -> isize {
-    // SAFETY: the caller's contract.
-    unsafe {
-        process_vm(
-            real::process_vm_readv,
-            pid,
-            local,
-            lcnt,
-            remote,
-            rcnt,
-            flags,
-        )
-    }
+macro_rules! process_vm_hooks {
+    ($( $name:ident; )*) => {$(
+        #[doc = concat!("`", stringify!($name), "`: stops at this process's own vEPC mappings.")]
+        ///
+        /// # Safety
+        /// As the C function.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            pid: libc::pid_t,
+            local: *const libc::iovec,
+            lcnt: c_ulong,
+            remote: *const libc::iovec,
+            rcnt: c_ulong,
+            flags: c_ulong,
+        ) -> isize {
+            // SAFETY: the caller's contract.
+            unsafe { process_vm(real::$name, pid, local, lcnt, remote, rcnt, flags) }
+        }
+    )*};
 }
 
-/// `process_vm_writev`.
-///
-/// # Safety
-/// As the C function.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn process_vm_writev(
-    pid: libc::pid_t,
-    local: *const libc::iovec,
-    lcnt: c_ulong,
-    remote: *const libc::iovec,
-    rcnt: c_ulong,
-    flags: c_ulong,
-) -> isize {
-    // SAFETY: the caller's contract.
-    unsafe {
-        process_vm(
-            real::process_vm_writev,
-            pid,
-            local,
-            lcnt,
-            remote,
-            rcnt,
-            flags,
-        )
-    }
+process_vm_hooks! {
+    process_vm_readv;
+    process_vm_writev;
 }

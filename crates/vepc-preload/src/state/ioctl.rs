@@ -185,7 +185,7 @@ impl Caller for ProgramCaller<'_> {
     }
 
     fn cap_sys_admin(&self) -> bool {
-        cap_sys_admin()
+        vepc::sys::caps::has(vepc::sys::caps::SYS_ADMIN)
     }
 
     fn source(&self, fd: i64) -> Source {
@@ -205,18 +205,4 @@ impl Caller for ProgramCaller<'_> {
             Some((_, false)) => Source::OnDevtmpfs,
         }
     }
-}
-
-/// Whether this process has `CAP_SYS_ADMIN` in its effective set (`CapEff` in
-/// `/proc/self/status`, bit 21).
-fn cap_sys_admin() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
