@@ -55,12 +55,13 @@ fn lifecycle(mode: FaultMode, kernel: KernelVersion) {
     assert_eq!(report.recreated.is_some(), !kernel.has_remove_all());
 }
 
-/// Waits a moment for fault threads of dropped devices to end.
-fn settled(before: Footprint) -> Footprint {
+/// Waits a moment for the fault threads of dropped devices to end (each notices
+/// within a second), until no more threads live than `base` had.
+fn settled(base: Footprint) -> Footprint {
     let start = Instant::now();
     loop {
         let now = footprint();
-        if now.threads <= before.threads || start.elapsed() > Duration::from_secs(5) {
+        if now.threads <= base.threads || start.elapsed() > Duration::from_secs(5) {
             return now;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -70,6 +71,9 @@ fn settled(before: Footprint) -> Footprint {
 #[test]
 fn a_thousand_lifecycles_leak_nothing_in_any_mode() {
     let old = KernelVersion::new(5, 15);
+    // The harness's own threads; both snapshots below wait for this count, so that a
+    // fault thread still ending from the last lifecycle is not taken for a leak.
+    let base = footprint();
     for (mode, kernel) in [
         (FaultMode::Auto, KernelVersion::DEFAULT),
         (FaultMode::Userfaultfd, KernelVersion::DEFAULT),
@@ -83,15 +87,18 @@ fn a_thousand_lifecycles_leak_nothing_in_any_mode() {
         for _ in 0..200 {
             lifecycle(mode, kernel);
         }
-        let before = settled(footprint());
+        let before = settled(base);
         for _ in 0..1000 {
             lifecycle(mode, kernel);
         }
-        let after = settled(before);
+        let after = settled(base);
         let what = format!("{mode:?} on {kernel}: {before:?} -> {after:?}");
         assert_eq!(after.fds, before.fds, "{what}");
         assert!(after.threads <= before.threads, "{what}");
-        assert_eq!(after.mappings, before.mappings, "{what}");
+        // glibc keeps the stacks of ended threads for reuse (two mappings each, a
+        // stack and its guard), and how many it keeps depends on how many fault
+        // threads overlapped; a leak would be a thousand lifecycles' worth.
+        assert!(after.mappings <= before.mappings + 8, "{what}");
         assert!(after.rss_kib < before.rss_kib + 16 * 1024, "{what}");
     }
 }
