@@ -6,8 +6,12 @@
 
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::shim_beside_vepc;
 
 /// How it ended, what it said, how long it took, and its peak memory.
 struct Ended {
@@ -174,13 +178,7 @@ fn values_past_their_bounds_are_script_errors() {
 #[test]
 fn the_shim_refuses_values_it_cannot_use() {
     use std::os::unix::ffi::OsStrExt;
-    let shim =
-        std::path::Path::new(env!("CARGO_BIN_EXE_vepc")).with_file_name("libvepc_preload.so");
-    let st = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "vepc-preload", "--lib"])
-        .status()
-        .expect("cargo");
-    assert!(st.success());
+    let shim = shim_beside_vepc();
     let dir = std::env::temp_dir();
     let bad_utf8 = std::ffi::OsStr::from_bytes(b"64\xffM");
     let cases: &[(&str, &std::ffi::OsStr, &str)] = &[
@@ -220,6 +218,8 @@ fn the_shim_refuses_values_it_cannot_use() {
 
 #[test]
 fn qemu_check_bounds_the_qemu_it_runs() {
+    // qemu-check looks for the shim before it runs QEMU.
+    shim_beside_vepc();
     let none: &[(&str, &std::ffi::OsStr)] = &[];
     let talker = scratch("yes", b"#!/bin/sh\nexec yes\n");
     let sleeper = scratch("sleep", b"#!/bin/sh\nexec sleep 1000\n");

@@ -1,7 +1,11 @@
 //! The `vepc` binary as a user meets it: output lines, exit statuses, messages.
 
+mod common;
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+
+use common::shim_beside_vepc;
 
 fn vepc(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vepc"))
@@ -306,21 +310,6 @@ fn bench_rejects_bad_sections_with_one_line() {
             "{err}"
         );
     }
-}
-
-/// The shim beside the `vepc` binary, where `vepc preload` looks first. `cargo test`
-/// does not build a `cdylib`, so this asks cargo for it (a no-op when it is fresh).
-fn shim_beside_vepc() -> std::path::PathBuf {
-    let vepc = std::path::Path::new(env!("CARGO_BIN_EXE_vepc"));
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "vepc-preload", "--lib"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "cargo build -p vepc-preload: {status}");
-    let so = vepc.with_file_name("libvepc_preload.so");
-    assert!(so.is_file(), "{} was not built", so.display());
-    so
 }
 
 #[test]
