@@ -39,6 +39,9 @@ fn script(data: &[u8]) -> String {
         0 => ("kernel 5.15\n", false),
         1 => ("kernel 5.12\n", false),
         2 => ("kernel 6.19\n", true),
+        // The proposed fixes (docs/findings/).
+        3 => ("kernel 6.18+poison-count+zombie-retry\n", true),
+        4 => ("kernel 6.19+poison-count+zombie-retry+zombie-drain\n", true),
         _ => ("", true),
     };
     let mut s = format!("epc {epc}\n{kernel}");
@@ -49,8 +52,10 @@ fn script(data: &[u8]) -> String {
         s += "ksgxd lazy\n";
     }
     if isolates {
+        // Found by the boot sanitize pass (uncounted as free) or after it.
+        let when = if second & 0x40 != 0 { " boot" } else { "" };
         for k in 0..(first / 4) % 3 {
-            s += &format!("poison {}\nstats\n", first / 16 + k * 5);
+            s += &format!("poison {}{when}\nstats\n", first / 16 + k * 5);
         }
     }
     let mut hosts = [false; 2];

@@ -73,8 +73,7 @@ fn prepare(args: &Args) -> Result<Command, String> {
         cmd.env("VEPC_EPC", epc);
     }
     if let Some(k) = &args.kernel {
-        KernelVersion::parse(k)
-            .ok_or_else(|| format!("--kernel {k}: expected a version such as 5.15 or 6.18"))?;
+        KernelVersion::parse_with_fixes(k).map_err(|why| format!("--kernel {k}: {why}"))?;
         cmd.env("VEPC_KERNEL", k);
     }
     if let Some(path) = &args.script {

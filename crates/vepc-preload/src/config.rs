@@ -61,9 +61,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: EpcError,
     },
-    /// `VEPC_KERNEL` is not a version.
-    #[error("VEPC_KERNEL={0:?}: expected a version such as 5.15 or 6.18")]
-    Kernel(String),
+    /// `VEPC_KERNEL` is not a version, or names a fix the model does not know.
+    #[error("VEPC_KERNEL={value:?}: {why}")]
+    Kernel {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A variable's value is not UTF-8 text.
     #[error("{var}={value:?}: not UTF-8 text")]
     NotText {
@@ -158,7 +163,8 @@ impl Config {
             None => parsed.map_or(vec![DEFAULT_EPC], |s| s.epc.clone()),
         };
         let kernel = match var("VEPC_KERNEL")? {
-            Some(v) => KernelVersion::parse(v.trim()).ok_or(ConfigError::Kernel(v))?,
+            Some(v) => KernelVersion::parse_with_fixes(v.trim())
+                .map_err(|why| ConfigError::Kernel { value: v, why })?,
             None => parsed.map_or(KernelVersion::DEFAULT, |s| s.kernel),
         };
         let inject = match var("VEPC_INJECT")? {

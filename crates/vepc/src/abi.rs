@@ -269,64 +269,179 @@ pub enum FaultError {
     Hang,
 }
 
-/// A Linux kernel version, for the behaviours that changed over time.
+/// A proposed fix to Linux's SGX driver that the model can run on top of a version:
+/// the fixes docs/findings.md proposes for what the model found (one page each under
+/// docs/findings/). Named in scripts, `VEPC_KERNEL` and `--kernel` after the version:
+/// `6.18+poison-count+zombie-retry`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum KernelFix {
+    /// `sgx_nr_free_pages` counts only pages on the free lists: `sgx_free_epc_page`
+    /// adds none for a page it puts on the poison list, and `arch_memory_failure`
+    /// takes one off for a free page it moves there
+    /// (docs/findings/poison-count.md).
+    PoisonCount,
+    /// `sgx_vepc_release` puts its own SECS pages on the zombie list before it
+    /// retries the list, under the same lock, so that two releases at once cannot
+    /// leave a SECS behind that no later retry sees (docs/findings/zombie-secs.md).
+    ZombieRetry,
+    /// The first SGX user (6.19+) retries the zombie list before EUPDATESVN: with no
+    /// users left, every zombie's children are gone (docs/findings/zombie-secs.md).
+    ZombieDrain,
+}
+
+impl KernelFix {
+    /// Every fix, in the order they are printed.
+    pub const ALL: [Self; 3] = [Self::PoisonCount, Self::ZombieRetry, Self::ZombieDrain];
+
+    /// The name scripts use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::PoisonCount => "poison-count",
+            Self::ZombieRetry => "zombie-retry",
+            Self::ZombieDrain => "zombie-drain",
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// The fix named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// A Linux kernel version, for the behaviours that changed over time, with any
+/// proposed fixes ([`KernelFix`]) the model runs on top of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct KernelVersion {
     /// Major number.
     pub major: u16,
     /// Minor number.
     pub minor: u16,
+    /// The [`KernelFix`]es applied, one bit each.
+    fixes: u8,
 }
 
 impl KernelVersion {
-    /// Creates `major.minor`.
+    /// Creates `major.minor`, without fixes.
     pub const fn new(major: u16, minor: u16) -> Self {
-        Self { major, minor }
+        Self {
+            major,
+            minor,
+            fixes: 0,
+        }
     }
 
     /// 5.13: `/dev/sgx_vepc` appears (virtual EPC for KVM guests).
     pub const VEPC: Self = Self::new(5, 13);
     /// 5.16: `SGX_IOC_VEPC_REMOVE_ALL`.
     pub const REMOVE_ALL: Self = Self::new(5, 16);
-    /// 5.17: `arch_memory_failure`: a poisoned EPC page is kept off the free lists.
+    /// 5.17: `arch_memory_failure`: a poisoned EPC page is kept off the free lists
+    /// (Tony Luck, "x86/sgx: Hook arch_memory_failure() into mainline code").
     pub const MEMORY_FAILURE: Self = Self::new(5, 17);
+    /// 6.16: `arch_memory_failure` also takes a poisoned page in use off the
+    /// reclaimer's list (`sgx_unmark_page_reclaimable`; ed16618c380c, "x86/sgx:
+    /// Prevent attempts to reclaim poisoned pages", Andrew Zaborowski, 2025,
+    /// CVE-2025-38334; backported to the stable kernels too, from 6.1.142 on).
+    pub const UNMARK_POISONED: Self = Self::new(6, 16);
     /// 6.19: opening an SGX device counts a user; the first user runs EUPDATESVN.
     pub const EUPDATESVN: Self = Self::new(6, 19);
     /// What the model behaves like unless told otherwise.
     pub const DEFAULT: Self = Self::new(6, 18);
 
+    /// The same version with `fix` applied too.
+    #[must_use]
+    pub const fn with(self, fix: KernelFix) -> Self {
+        Self {
+            fixes: self.fixes | fix.bit(),
+            ..self
+        }
+    }
+
+    /// The same version with no fixes.
+    #[must_use]
+    pub const fn unfixed(self) -> Self {
+        Self::new(self.major, self.minor)
+    }
+
+    /// Whether `fix` is applied.
+    pub const fn has(self, fix: KernelFix) -> bool {
+        self.fixes & fix.bit() != 0
+    }
+
+    /// The fixes applied, in [`KernelFix::ALL`] order.
+    pub fn fixes(self) -> impl Iterator<Item = KernelFix> {
+        KernelFix::ALL.into_iter().filter(move |f| self.has(*f))
+    }
+
     /// Whether `/dev/sgx_vepc` exists on this kernel.
     pub fn has_vepc(self) -> bool {
-        self >= Self::VEPC
+        self.unfixed() >= Self::VEPC
     }
 
     /// Whether this kernel answers `SGX_IOC_VEPC_REMOVE_ALL`.
     pub fn has_remove_all(self) -> bool {
-        self >= Self::REMOVE_ALL
+        self.unfixed() >= Self::REMOVE_ALL
     }
 
     /// Whether this kernel isolates poisoned EPC pages (`arch_memory_failure`).
     pub fn isolates_poison(self) -> bool {
-        self >= Self::MEMORY_FAILURE
+        self.unfixed() >= Self::MEMORY_FAILURE
+    }
+
+    /// Whether `arch_memory_failure` takes a poisoned page in use off the
+    /// reclaimer's list.
+    pub fn unmarks_poisoned(self) -> bool {
+        self.unfixed() >= Self::UNMARK_POISONED
     }
 
     /// Whether this kernel counts SGX users and runs EUPDATESVN at the first.
     pub fn counts_sgx_users(self) -> bool {
-        self >= Self::EUPDATESVN
+        self.unfixed() >= Self::EUPDATESVN
     }
 
-    /// Parses `MAJOR.MINOR` or `MAJOR.MINOR.PATCH[-extra]` (as `uname -r` prints it).
+    /// Parses `MAJOR.MINOR` or `MAJOR.MINOR.PATCH[-extra]` (as `uname -r` prints it),
+    /// without fixes: what a host's kernel release says.
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.split(['.', '-', '+']);
         let major = parts.next()?.parse().ok()?;
         let minor = parts.next()?.parse().ok()?;
         Some(Self::new(major, minor))
     }
+
+    /// Parses a version as [`parse`](Self::parse) does, then `+FIX` for each
+    /// [`KernelFix`] to run on top of it: `6.18+poison-count+zombie-retry`. What
+    /// scripts, `VEPC_KERNEL` and `--kernel` accept; the error says what is wrong.
+    pub fn parse_with_fixes(s: &str) -> Result<Self, String> {
+        let mut parts = s.split('+');
+        let version = parts.next().unwrap_or_default();
+        let mut v = Self::parse(version)
+            .ok_or_else(|| format!("expected a VERSION such as 5.15 or 6.18, found '{version}'"))?;
+        for name in parts {
+            let fix = KernelFix::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = KernelFix::ALL.iter().map(|f| f.name()).collect();
+                format!(
+                    "unknown kernel fix '{name}' after '+' (known: {})",
+                    known.join(", ")
+                )
+            })?;
+            v = v.with(fix);
+        }
+        Ok(v)
+    }
 }
 
 impl fmt::Display for KernelVersion {
+    /// `6.18`, then `+name` for each fix: what [`KernelVersion::parse_with_fixes`]
+    /// reads back.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
+        write!(f, "{}.{}", self.major, self.minor)?;
+        for fix in self.fixes() {
+            write!(f, "+{}", fix.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -388,5 +503,30 @@ mod tests {
         assert!(!v("5.12").has_vepc());
         assert_eq!(KernelVersion::parse("five"), None);
         assert_eq!(KernelVersion::parse("5"), None);
+    }
+
+    #[test]
+    fn fixes_ride_on_a_version_and_read_back() {
+        let v = KernelVersion::parse_with_fixes("6.18+zombie-retry+poison-count")
+            .expect("two known fixes");
+        assert!(v.has(KernelFix::PoisonCount) && v.has(KernelFix::ZombieRetry));
+        assert!(!v.has(KernelFix::ZombieDrain));
+        assert_eq!(v.to_string(), "6.18+poison-count+zombie-retry");
+        assert_eq!(KernelVersion::parse_with_fixes(&v.to_string()), Ok(v));
+        assert_eq!(v.unfixed(), KernelVersion::DEFAULT);
+        // A fix changes no version gate.
+        assert!(v.has_remove_all() && !v.counts_sgx_users());
+        assert!(
+            KernelVersion::EUPDATESVN
+                .with(KernelFix::ZombieDrain)
+                .counts_sgx_users()
+        );
+        let e = KernelVersion::parse_with_fixes("6.18+poison-cnt").expect_err("a typo");
+        assert!(e.contains("unknown kernel fix 'poison-cnt'") && e.contains("poison-count"));
+        assert!(KernelVersion::parse_with_fixes("six").is_err());
+        assert_eq!(
+            KernelVersion::parse_with_fixes("6.18.3-arch1"),
+            Ok(KernelVersion::DEFAULT)
+        );
     }
 }

@@ -286,7 +286,7 @@ fn script(
     epc: &str,
     kernel: Option<&str>,
     host: (bool, bool),
-    poison: &[u64],
+    (poison, boot): (&[u64], bool),
     ops: &[Op],
 ) -> String {
     let isolates = kernel
@@ -310,8 +310,10 @@ fn script(
         r.out += "ksgxd lazy\n";
     }
     if isolates {
+        // Before the first user: found by the boot sanitize pass, or after it.
+        let when = if boot { " boot" } else { "" };
         for n in poison {
-            r.line(format!("poison {n}"));
+            r.line(format!("poison {n}{when}"));
         }
     }
     for (n, op) in ops.iter().enumerate() {
@@ -328,7 +330,11 @@ fn scripts() -> impl Strategy<Value = String> {
         ],
         prop_oneof![
             20 => Just(None), 3 => Just(Some("5.15")), 1 => Just(Some("5.12")),
-            1 => Just(Some("5.16")), 5 => Just(Some("6.19"))
+            1 => Just(Some("5.16")), 1 => Just(Some("6.6")), 5 => Just(Some("6.19")),
+            // The proposed fixes (docs/findings/).
+            2 => Just(Some("6.18+poison-count")), 2 => Just(Some("6.18+zombie-retry")),
+            3 => Just(Some("6.19+poison-count+zombie-retry+zombie-drain")),
+            1 => Just(Some("6.19+zombie-drain"))
         ],
         (prop::bool::weighted(0.7), prop::bool::weighted(0.3)),
         prop_oneof![
@@ -336,9 +342,12 @@ fn scripts() -> impl Strategy<Value = String> {
             2 => prop::collection::vec(0..140u64, 1..4),
             1 => (0..100u64).prop_map(|n| (n..n + 33).collect()),
         ],
+        prop::bool::weighted(0.3),
         prop::collection::vec(op(), 100..160),
     )
-        .prop_map(|(epc, kernel, host, poison, ops)| script(epc, kernel, host, &poison, &ops))
+        .prop_map(|(epc, kernel, host, poison, boot, ops)| {
+            script(epc, kernel, host, (&poison, boot), &ops)
+        })
 }
 
 fn cases() -> u32 {

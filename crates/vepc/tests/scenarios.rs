@@ -142,3 +142,84 @@ fn a_wrong_expectation_fails_and_names_both_results() {
     );
     assert!(!report.passed());
 }
+
+/// `src` run again on the same kernel with `fix` applied too: a `kernel` line gets
+/// `+fix`; a script without one gets `kernel 6.18+fix` after its `epc` line.
+fn with_fix(src: &str, fix: &str) -> String {
+    let mut found = false;
+    let mut out: Vec<String> = src
+        .lines()
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            if words.first() == Some(&"kernel") && words.len() >= 2 {
+                found = true;
+                format!("kernel {}+{fix}", words[1])
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if !found {
+        // After the `epc` line, which comes first.
+        let at = out
+            .iter()
+            .position(|l| l.starts_with("epc "))
+            .map_or(0, |i| i + 1);
+        out.insert(at, format!("kernel 6.18+{fix}"));
+    }
+    out.join("\n")
+}
+
+/// Results without `expect` lines (which differ with the results they check) and
+/// `kernel` lines (which differ by the fix).
+fn results(src: &str) -> Vec<String> {
+    vepc::script::run(src, true)
+        .expect("runs")
+        .outcomes
+        .iter()
+        .filter(|o| !o.command.starts_with("expect") && !o.command.starts_with("kernel"))
+        .map(|o| format!("{}: {}", o.command, o.result))
+        .collect()
+}
+
+/// Each proposed kernel fix (docs/findings/) changes only what its finding is about:
+/// every scenario run again with the fix gives the same results as without, but for
+/// exactly the listed ones, each of which shows the finding.
+#[test]
+fn each_fix_changes_only_its_findings_scenarios() {
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "poison-count",
+            &[
+                "s7-ksgxd-hang-exits",
+                "s7-ksgxd-never-woken",
+                "s7-ksgxd-woken",
+            ],
+        ),
+        ("zombie-retry", &[]),
+        ("zombie-drain", &[]),
+    ];
+    for (fix, expected) in cases {
+        let mut changed = Vec::new();
+        for path in scenarios() {
+            let src = std::fs::read_to_string(&path).expect("readable scenario");
+            if src.contains(&format!("+{fix}")) {
+                continue;
+            }
+            let fixed = with_fix(&src, fix);
+            let (before, after) = (results(&src), results(&fixed));
+            assert_eq!(before.len(), after.len(), "{}", path.display());
+            if before != after {
+                let name = path
+                    .file_stem()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned();
+                let first = before.iter().zip(&after).find(|(b, a)| b != a);
+                eprintln!("{fix}: {name}: {first:?}");
+                changed.push(name);
+            }
+        }
+        assert_eq!(changed, expected, "scenarios {fix} changes");
+    }
+}

@@ -8,7 +8,7 @@
 //! EPC data: an access from outside an enclave gets abort-page semantics (Intel SDM
 //! Vol. 3D §38.5.1), so a VMM's own accesses to its vEPC mapping never consume
 //! poison. Since 5.17 the page gets `page->poison`: a free page moves to its node's
-//! poison list at once, a page in use stays with its owner (off the reclaimer's list)
+//! poison list at once, a page in use stays with its owner (and, since 6.16, leaves the reclaimer's list)
 //! and goes to the poison list when it is freed, at release or from the zombie list.
 //! A synchronous error ends in `force_sig(SIGBUS)`: `si_code` `SI_KERNEL`, no
 //! address. Before 5.17,
@@ -54,13 +54,27 @@ impl Device {
             };
         }
         let handled = self.epc.poison(page);
-        if handled == Poisoning::InUse {
+        if handled == Poisoning::InUse && self.kernel.unmarks_poisoned() {
             self.unmark_reclaimable(page);
         }
         MemoryFailure {
             handled: Ok(handled),
             signal,
         }
+    }
+
+    /// A memory error in the EPC page at `paddr` reported before ksgxd's boot
+    /// sanitize pass reached it (after a kexec, or early in boot): `page->poison` is
+    /// set while the page is still on the dirty list, and `__sgx_sanitize_pages`
+    /// then moves it to the poison list with `list_move`, without
+    /// `sgx_free_epc_page`, so it is never counted in `sgx_nr_free_pages`. The
+    /// model's EPC starts sanitized, so this is for before the first SGX user.
+    pub fn memory_failure_at_boot(&self, paddr: u64) -> MemoryFailure {
+        let failure = self.memory_failure(paddr, false);
+        if failure.handled == Ok(Poisoning::WasFree) {
+            self.count_boot_poisoned();
+        }
+        failure
     }
 
     /// A task reads the data of `page`, which it holds: `SIGBUS` (`SI_KERNEL`) if its

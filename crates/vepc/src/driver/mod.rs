@@ -33,7 +33,7 @@ pub use reclaim::{
 pub use svn::{RDRAND_RETRY_LOOPS, Svn};
 pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
-use crate::abi::{Errno, KernelVersion};
+use crate::abi::{Errno, KernelFix, KernelVersion};
 use crate::model::{Epc, EpcPage};
 use crate::sync::{AtomicU64, Mutex, Ordering, lock};
 
@@ -81,7 +81,10 @@ pub struct Device {
     zombies: Mutex<Vec<EpcPage>>,
     live: Mutex<BTreeMap<u64, Weak<Vepc>>>,
     next_id: AtomicU64,
-    warnings: Mutex<Vec<String>>,
+    warnings: Mutex<Warnings>,
+    /// Pages a memory error reached before ksgxd's boot sanitize pass: on the poison
+    /// list, never counted in `sgx_nr_free_pages`.
+    boot_poisoned: AtomicU64,
     /// The reclaimer and the host enclaves.
     reclaim: Mutex<reclaim::Reclaimer>,
     /// How many pages are on the active list, read without its lock.
@@ -101,7 +104,8 @@ impl Device {
             zombies: Mutex::new(Vec::new()),
             live: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
-            warnings: Mutex::new(Vec::new()),
+            warnings: Mutex::new(Warnings::default()),
+            boot_poisoned: AtomicU64::new(0),
             reclaim: Mutex::new(reclaim::Reclaimer::default()),
             reclaimable: AtomicU64::new(0),
             svn: Mutex::new(svn::SvnState::default()),
@@ -197,10 +201,33 @@ impl Device {
         lock(&self.zombies).clone()
     }
 
-    /// Kernel warnings (`WARN_ON_ONCE`) the model has hit: each is a kernel bug, or a
-    /// situation the kernel considers one (a thread inside an enclave at release).
+    /// Kernel warnings the model has printed, as dmesg would show them: each is a
+    /// kernel bug, or a situation the kernel considers one (a thread inside an
+    /// enclave at release). The kernel's `WARN_ONCE` sites print once per boot
+    /// ([`WarnSite`]); a later hit of the same site prints nothing.
     pub fn warnings(&self) -> Vec<String> {
-        lock(&self.warnings).clone()
+        lock(&self.warnings).printed.clone()
+    }
+
+    /// How many times each `WARN_ONCE` site's condition held, printed or not.
+    pub fn warning_hits(&self, site: WarnSite) -> u64 {
+        lock(&self.warnings).hits[site as usize]
+    }
+
+    /// The kernel's `sgx_nr_free_pages`, which the reclaimer's watermarks read.
+    /// `sgx_free_epc_page` adds one for every page it frees, a poisoned one put on
+    /// the poison list included, and `arch_memory_failure` takes none off for a
+    /// free page it moves there; only a page ksgxd's boot sanitize pass found
+    /// poisoned goes to the poison list uncounted (`__sgx_sanitize_pages`, a
+    /// `list_move`). So on 6.18 it is the free pages plus the poison lists minus
+    /// those. With [`KernelFix::PoisonCount`] it is the free pages alone.
+    pub fn nr_free_pages(&self) -> u64 {
+        let free = self.epc.free_pages();
+        if self.kernel.has(KernelFix::PoisonCount) {
+            return free;
+        }
+        let uncounted = self.boot_poisoned.load(Ordering::Relaxed);
+        free + self.epc.poison_list_pages().saturating_sub(uncounted)
     }
 
     /// Instances not yet released.
@@ -228,8 +255,19 @@ impl Device {
         lock(&self.live).contains_key(&id)
     }
 
+    /// A warning the model prints every time: a model bug, or a kernel `WARN` that
+    /// is not `_ONCE`.
     pub(crate) fn warn(&self, msg: String) {
-        lock(&self.warnings).push(msg);
+        lock(&self.warnings).printed.push(msg);
+    }
+
+    /// A `WARN_ONCE` at `site`: printed the first time this boot, counted always.
+    pub(crate) fn warn_once(&self, site: WarnSite, msg: impl FnOnce() -> String) {
+        let mut w = lock(&self.warnings);
+        w.hits[site as usize] += 1;
+        if w.hits[site as usize] == 1 {
+            w.printed.push(msg());
+        }
     }
 
     fn forget(&self, id: u64) {
@@ -239,15 +277,94 @@ impl Device {
     /// The end of release: under the zombie lock, try every zombie once more (a child
     /// just removed may have been the last one pinning it), then put what still fails,
     /// the new SECS pages first, onto the list.
+    ///
+    /// With [`KernelFix::ZombieRetry`], the release's own SECS pages go onto the list
+    /// first and the list is walked until a walk frees nothing: a release running at
+    /// the same time either ran its walk before (and this walk sees its children
+    /// gone) or runs it after (and sees these SECS pages listed).
     fn retry_zombies(&self, mut secs_pages: Vec<EpcPage>) {
         let mut zombies = lock(&self.zombies);
+        if self.kernel.has(KernelFix::ZombieRetry) {
+            zombies.append(&mut secs_pages);
+            while self.walk_zombies(&mut zombies) {}
+            return;
+        }
         for page in zombies.drain(..) {
-            if self.epc.eremove(page).is_ok() {
-                self.epc.free_page(page);
-            } else {
-                secs_pages.push(page);
+            if self.free_zombie(page) {
+                continue;
             }
+            secs_pages.push(page);
         }
         zombies.append(&mut secs_pages);
     }
+
+    /// One walk of the zombie list, in order; whether it freed any page.
+    fn walk_zombies(&self, zombies: &mut Vec<EpcPage>) -> bool {
+        let before = zombies.len();
+        let list = std::mem::take(zombies);
+        for page in list {
+            if !self.free_zombie(page) {
+                zombies.push(page);
+            }
+        }
+        zombies.len() != before
+    }
+
+    /// `sgx_vepc_free_page` on a zombie: whether EREMOVE took it.
+    fn free_zombie(&self, page: EpcPage) -> bool {
+        match self.epc.eremove(page) {
+            Ok(()) => {
+                self.epc.free_page(page);
+                true
+            }
+            Err(e) => {
+                self.warn_free_page(page, e);
+                false
+            }
+        }
+    }
+
+    /// `sgx_vepc_free_page`'s `WARN_ONCE(ret != SGX_CHILD_PRESENT)`: one site for the
+    /// release's two passes and its zombie walk.
+    pub(super) fn warn_free_page(&self, page: EpcPage, e: crate::abi::EnclsError) {
+        if e != crate::abi::EnclsError::CHILD_PRESENT {
+            self.warn_once(WarnSite::VepcFreePage, || {
+                format!("EREMOVE of EPC page {} in release: {e}", page.0)
+            });
+        }
+    }
+
+    /// With [`KernelFix::ZombieDrain`], at the first SGX user (no vEPC open, no host
+    /// enclave): the zombie list walked until a walk frees nothing, so that no
+    /// zombie left by an earlier release makes EUPDATESVN fail.
+    pub(super) fn drain_zombies(&self) {
+        if self.kernel.has(KernelFix::ZombieDrain) {
+            let mut zombies = lock(&self.zombies);
+            while self.walk_zombies(&mut zombies) {}
+        }
+    }
+
+    /// Counts a page that a memory error reached before the boot sanitize pass.
+    pub(super) fn count_boot_poisoned(&self) {
+        self.boot_poisoned.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A kernel `WARN_ONCE` site: it prints at its first hit in a boot only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum WarnSite {
+    /// `sgx_vepc_free_page`: EREMOVE failed with anything but `SGX_CHILD_PRESENT`
+    /// (release's pass 1, pass 2 and zombie walk).
+    VepcFreePage,
+    /// `sgx_vepc_remove_all`'s `WARN_ON_ONCE`: EREMOVE took a fault other than #GP.
+    RemoveAllFault,
+    /// `sgx_update_svn`'s `ENCLS_WARN(ret, "EUPDATESVN")`.
+    Eupdatesvn,
+}
+
+/// What the kernel has printed, and each `WARN_ONCE` site's hits.
+#[derive(Debug, Default)]
+struct Warnings {
+    printed: Vec<String>,
+    hits: [u64; 3],
 }

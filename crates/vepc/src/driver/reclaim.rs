@@ -170,9 +170,9 @@ impl Device {
     }
 
     /// `sgx_should_reclaim(watermark)`: it reads `sgx_nr_free_pages`, which counts
-    /// the poison lists too ([`crate::model::Epc::nr_free_pages`]).
+    /// most of the poison lists too ([`Device::nr_free_pages`]).
     fn should_reclaim(&self, r: &Reclaimer, watermark: u64) -> bool {
-        self.epc.nr_free_pages() < watermark && !r.active.is_empty()
+        self.nr_free_pages() < watermark && !r.active.is_empty()
     }
 
     /// ksgxd, woken: writes pages back while `sgx_should_reclaim(SGX_NR_HIGH_PAGES)`.
@@ -224,6 +224,15 @@ impl Device {
     }
 
     fn ewb_and_free(&self, r: &mut Reclaimer, page: EpcPage) {
+        // Before 6.16 a poisoned page in use stayed on the active list: EWB reads its
+        // data, a machine check in ksgxd, in kernel mode.
+        if self.epc.is_bad(page) {
+            self.warn(format!(
+                "EWB read poisoned EPC page {}: a machine check in kernel mode \
+                 (6.16's sgx_unmark_page_reclaimable in arch_memory_failure prevents it)",
+                page.0
+            ));
+        }
         match self.epc.ewb(page) {
             Ok(()) => {
                 r.stats.written_back += 1;

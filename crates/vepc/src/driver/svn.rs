@@ -102,6 +102,7 @@ impl Device {
         }
         let mut s = lock(&self.svn);
         if s.svn.users == 0 {
+            self.drain_zombies();
             self.update_svn(&mut s)?;
         }
         s.svn.users += 1;
@@ -132,12 +133,14 @@ impl Device {
             Ok(()) | Err(SgxCode::NoUpdate) => Ok(()),
             Err(SgxCode::InsufficientEntropy) => Err(Errno::EAGAIN),
             Err(code) => {
-                self.warn(format!(
-                    "EUPDATESVN returned {} ({}) at the first open of an SGX file: every SGX \
+                self.warn_once(super::WarnSite::Eupdatesvn, || {
+                    format!(
+                        "EUPDATESVN returned {} ({}) at the first open of an SGX file: every SGX \
                      open fails with EIO until the EPC is empty",
-                    code as i32,
-                    EnclsError::Code(code)
-                ));
+                        code as i32,
+                        EnclsError::Code(code)
+                    )
+                });
                 Err(Errno::EIO)
             }
         }

@@ -5,10 +5,10 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use super::Device;
 use super::page_map::PageMap;
 use super::reclaim::{AllocError, SGX_NR_LOW_PAGES};
 use super::vfs::{Caller, Vfs, do_vfs_ioctl};
+use super::{Device, WarnSite};
 use crate::abi::{EnclsError, Errno, FaultError, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
 use crate::model::{EpcPage, Sweep};
 use crate::sync::Mutex;
@@ -105,8 +105,8 @@ impl Vepc {
     /// host enclave pages ksgxd can write back: `EBUSY`, and the fault is retried
     /// (`VM_FAULT_RETRY`) once ksgxd, woken by the allocation, has freed pages; if
     /// ksgxd was not woken (the poison lists count as free, see
-    /// [`crate::model::Epc::nr_free_pages`]), the retries never end:
-    /// [`FaultError::Hang`].
+    /// [`Device::nr_free_pages`]), the fault waits in the kernel until another EPC
+    /// user frees or reclaims pages: [`FaultError::Hang`].
     pub fn fault(&self, index: u64) -> Result<EpcPage, FaultError> {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
@@ -153,7 +153,7 @@ impl Vepc {
             let epc = self.device.epc();
             let quiet = epc
                 .free_pages()
-                .min(epc.nr_free_pages().saturating_sub(SGX_NR_LOW_PAGES));
+                .min(self.device.nr_free_pages().saturating_sub(SGX_NR_LOW_PAGES));
             if quiet == 0 {
                 self.fault(at)?;
                 at += 1;
@@ -214,8 +214,9 @@ impl Vepc {
             // both, so no warning. Only a #PF means a kernel or hardware bug.
             Err(e) => {
                 if e.faulted() && e != EnclsError::GP {
-                    self.device
-                        .warn(format!("EREMOVE of EPC page {} faulted: {e}", page.0));
+                    self.device.warn_once(WarnSite::RemoveAllFault, || {
+                        format!("EREMOVE of EPC page {} faulted: {e}", page.0)
+                    });
                 }
                 ControlFlow::Break(())
             }
@@ -241,7 +242,8 @@ impl Vepc {
 
 impl Drop for Vepc {
     /// `sgx_vepc_release`. It never fails; an EREMOVE failure other than
-    /// `SGX_CHILD_PRESENT` is a kernel warning, and the page is kept as a zombie.
+    /// `SGX_CHILD_PRESENT` is a kernel warning (`WARN_ONCE` in `sgx_vepc_free_page`,
+    /// in either pass and in the zombie walk), and the page is kept as a zombie.
     fn drop(&mut self) {
         let device = Arc::clone(&self.device);
         device.forget(self.id);
@@ -252,7 +254,11 @@ impl Drop for Vepc {
         let mut freed = Vec::with_capacity(FREE_BATCH);
         let mut sweep = Sweep::new(epc);
         self.pages.retain(|_, page| {
-            let removed = sweep.eremove(page).is_ok();
+            let result = sweep.eremove(page);
+            if let Err(e) = result {
+                device.warn_free_page(page, e);
+            }
+            let removed = result.is_ok();
             if removed {
                 freed.push(page);
                 if freed.len() == FREE_BATCH {
@@ -273,9 +279,7 @@ impl Drop for Vepc {
             match sweep.eremove(page) {
                 Ok(()) => epc.free_page(page),
                 Err(e) => {
-                    if e != EnclsError::CHILD_PRESENT {
-                        device.warn(format!("EREMOVE of EPC page {} in release: {e}", page.0));
-                    }
+                    device.warn_free_page(page, e);
                     secs_pages.push(page);
                 }
             }

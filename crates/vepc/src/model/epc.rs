@@ -344,14 +344,6 @@ impl Epc {
             .sum()
     }
 
-    /// The kernel's `sgx_nr_free_pages`, which the reclaimer's watermarks read. It
-    /// counts the poison lists too: `sgx_free_epc_page` adds one for a poisoned page
-    /// it puts there, and `arch_memory_failure` takes none off for a free page it
-    /// moves there (arch/x86/kernel/cpu/sgx/main.c, every version since 5.17).
-    pub fn nr_free_pages(&self) -> u64 {
-        self.free_pages() + self.poison_list_pages()
-    }
-
     /// Whether any EPCM entry is valid: EUPDATESVN needs none to be.
     pub fn any_valid(&self) -> bool {
         (0..self.pages()).any(|i| self.entry(EpcPage(i)).valid())

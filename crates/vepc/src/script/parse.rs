@@ -97,6 +97,9 @@ pub enum Command {
     Expect(String),
     /// `poison N`: an uncorrected memory error in EPC page N, found asynchronously.
     PoisonPage(u64),
+    /// `poison N boot`: the same, reported before ksgxd's boot sanitize pass reached
+    /// the page: it goes to the poison list uncounted in `sgx_nr_free_pages`.
+    PoisonBoot(u64),
     /// `poison FD PAGE`: the same in the EPC page behind that page of the mapping.
     Poison {
         fd: String,
@@ -485,12 +488,7 @@ fn kernel_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
         return Err(l.err(first.col, "`kernel` must come before the first `open`"));
     }
     let w = l.word(1, "a VERSION such as 5.15 or 6.18")?;
-    let v = KernelVersion::parse(w.text).ok_or_else(|| {
-        l.err(
-            w.col,
-            format!("expected a VERSION such as 5.15, found '{}'", w.text),
-        )
-    })?;
+    let v = KernelVersion::parse_with_fixes(w.text).map_err(|why| l.err(w.col, why))?;
     Ok((Command::Kernel(v), 2))
 }
 
@@ -533,7 +531,19 @@ fn ksgxd_line(l: &Line<'_>, scope: &Scope, first: &Word<'_>) -> Parsed {
 fn poison_line(l: &Line<'_>, scope: &Scope) -> Parsed {
     let w = l.word(1, "an EPC page number, or FD PAGE")?;
     if w.text.starts_with(|c: char| c.is_ascii_digit()) {
-        return Ok((Command::PoisonPage(l.number(1, "an EPC page number")?), 2));
+        let n = l.number(1, "an EPC page number")?;
+        return match l.words.get(2) {
+            None => Ok((Command::PoisonPage(n), 2)),
+            Some(b) if b.text == "boot" && scope.opened => Err(l.err(
+                b.col,
+                "`poison N boot` must come before the first `open` or `host-enclave`",
+            )),
+            Some(b) if b.text == "boot" => Ok((Command::PoisonBoot(n), 3)),
+            Some(b) => Err(l.err(
+                b.col,
+                format!("expected `boot` or nothing, found '{}'", b.text),
+            )),
+        };
     }
     let (fd, page) = (scope.fd(l, 1)?, l.number(2, PAGE_WHAT)?);
     Ok((Command::Poison { fd, page }, 3))

@@ -264,6 +264,11 @@ impl Runner {
             Command::Stats => Ok(self.device.stats().to_string()),
             Command::Expect(_) => Ok("ok".into()),
             Command::PoisonPage(n) => self.poison(epc.page_number_addr(*n)),
+            Command::PoisonBoot(n) => {
+                let paddr = epc.page_number_addr(*n);
+                let handled = self.device.memory_failure_at_boot(paddr).handled;
+                handled.map(|_| "ok".into()).map_err(Fail::Errno)
+            }
             Command::Poison { fd, page } => {
                 let slot = self.slot(fd);
                 let backing = self.mapping_of(slot, *page)?.backing(*page);

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+use vepc::abi::{KernelFix, KernelVersion};
 use vepc::driver::Ksgxd;
 use vepc::script::{Command, Script};
 
@@ -60,6 +61,10 @@ pub struct Reference {
     free: BTreeSet<Page>,
     zombies: Vec<Page>,
     kernel: (u16, u16),
+    /// The proposed kernel fixes the script runs with.
+    fixes: KernelVersion,
+    /// Pages poisoned before the boot sanitize pass: never counted as free.
+    boot_poisoned: usize,
     fds: Vec<Option<Instance>>,
     names: HashMap<String, usize>,
     enclaves: HashMap<String, (usize, u64)>,
@@ -96,6 +101,8 @@ impl Reference {
             free: (0..pages).collect(),
             zombies: Vec::new(),
             kernel: (script.kernel.major, script.kernel.minor),
+            fixes: script.kernel,
+            boot_poisoned: 0,
             fds: Vec::new(),
             names: HashMap::new(),
             enclaves: HashMap::new(),
@@ -248,6 +255,17 @@ impl Reference {
                 }
                 self.poison(*n as Page)
             }
+            Command::PoisonBoot(n) => {
+                if *n >= self.epcm.len() as u64 {
+                    return "ENXIO".into();
+                }
+                let fresh = !self.flagged.contains(&(*n as Page));
+                let answer = self.poison(*n as Page);
+                if fresh && answer == "ok" {
+                    self.boot_poisoned += 1;
+                }
+                answer
+            }
             Command::Poison { fd, page } => {
                 let backing = self.fds[self.names[fd]]
                     .as_ref()
@@ -314,7 +332,10 @@ impl Reference {
             if self.free.remove(&p) {
                 self.poison_list.insert(p);
             }
-            self.active.retain(|&(a, _)| a != p);
+            // Since 6.16 a page in use also leaves the active list.
+            if self.kernel >= (6, 16) {
+                self.active.retain(|&(a, _)| a != p);
+            }
         }
         Ok(())
     }
@@ -333,9 +354,16 @@ impl Reference {
         }
     }
 
-    /// `sgx_should_reclaim`: `sgx_nr_free_pages` counts the poison lists too.
+    /// `sgx_should_reclaim`: `sgx_nr_free_pages` counts the poison lists too, but
+    /// for pages poisoned before the boot sanitize pass; with the poison-count fix,
+    /// only the free pages.
     fn should_reclaim(&self, watermark: usize) -> bool {
-        self.free.len() + self.poison_list.len() < watermark && !self.active.is_empty()
+        let counted = if self.fixes.has(KernelFix::PoisonCount) {
+            0
+        } else {
+            self.poison_list.len() - self.boot_poisoned
+        };
+        self.free.len() + counted < watermark && !self.active.is_empty()
     }
 
     /// `sgx_alloc_epc_page(owner, reclaim)`.
@@ -398,6 +426,9 @@ impl Reference {
     fn new_user(&mut self) -> Result<(), &'static str> {
         if self.kernel < (6, 19) {
             return Ok(());
+        }
+        if self.users == 0 && self.fixes.has(KernelFix::ZombieDrain) {
+            while self.walk_zombies() {}
         }
         if self.users == 0 && self.eupdatesvn {
             if self.epcm.iter().any(|e| *e != Epcm::Invalid) {
@@ -719,15 +750,34 @@ impl Reference {
                 secs_pages.push(p);
             }
         }
+        if self.fixes.has(KernelFix::ZombieRetry) {
+            // Own SECS pages listed first, then walks until one frees nothing.
+            self.zombies.append(&mut secs_pages);
+            while self.walk_zombies() {}
+        } else {
+            for z in std::mem::take(&mut self.zombies) {
+                if self.eremove(z).is_ok() {
+                    self.free_page(z);
+                } else {
+                    secs_pages.push(z);
+                }
+            }
+            self.zombies = secs_pages;
+        }
+        self.user_gone();
+    }
+
+    /// One walk of the zombie list in order; whether it freed a page.
+    fn walk_zombies(&mut self) -> bool {
+        let before = self.zombies.len();
         for z in std::mem::take(&mut self.zombies) {
             if self.eremove(z).is_ok() {
                 self.free_page(z);
             } else {
-                secs_pages.push(z);
+                self.zombies.push(z);
             }
         }
-        self.zombies = secs_pages;
-        self.user_gone();
+        self.zombies.len() != before
     }
 
     /// docs/SEMANTICS.md §4: round 1, round 2, EBUSY retried three times (no vCPU to stop
