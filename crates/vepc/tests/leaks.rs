@@ -56,15 +56,20 @@ fn lifecycle(mode: FaultMode, kernel: KernelVersion) {
 }
 
 /// Waits a moment for the fault threads of dropped devices to end (each notices
-/// within a second), until no more threads live than `base` had.
+/// within a second) and for their descriptors to close: until no more threads live
+/// than `base` had and two readings 50 ms apart agree.
 fn settled(base: Footprint) -> Footprint {
     let start = Instant::now();
+    let mut last = footprint();
     loop {
+        std::thread::sleep(Duration::from_millis(50));
         let now = footprint();
-        if now.threads <= base.threads || start.elapsed() > Duration::from_secs(5) {
+        let quiet =
+            now.threads <= base.threads && (now.fds, now.threads) == (last.fds, last.threads);
+        if quiet || start.elapsed() > Duration::from_secs(5) {
             return now;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        last = now;
     }
 }
 
@@ -93,7 +98,8 @@ fn a_thousand_lifecycles_leak_nothing_in_any_mode() {
         }
         let after = settled(base);
         let what = format!("{mode:?} on {kernel}: {before:?} -> {after:?}");
-        assert_eq!(after.fds, before.fds, "{what}");
+        // A leak adds descriptors; a late close in the first snapshot is not one.
+        assert!(after.fds <= before.fds, "{what}");
         assert!(after.threads <= before.threads, "{what}");
         // glibc keeps the stacks of ended threads for reuse (two mappings each, a
         // stack and its guard), and how many it keeps depends on how many fault
