@@ -35,7 +35,7 @@ pub use vepc::{Mapping, Sharing, Vepc, VepcFile};
 
 use crate::abi::{Errno, KernelFix, KernelVersion};
 use crate::model::{Epc, EpcPage};
-use crate::sync::{AtomicU64, Mutex, Ordering, lock};
+use crate::sync::{AtomicU64, Mutex, Ordering, PointMutex, lock, lock_point};
 
 /// EPC usage, in pages. `free + used + zombie + poisoned + host` is always the EPC's
 /// size.
@@ -78,7 +78,7 @@ pub struct Device {
     epc: Epc,
     kernel: KernelVersion,
     /// `zombie_secs_pages`, under `zombie_secs_pages_lock`.
-    zombies: Mutex<Vec<EpcPage>>,
+    zombies: PointMutex<Vec<EpcPage>>,
     live: Mutex<BTreeMap<u64, Weak<Vepc>>>,
     next_id: AtomicU64,
     warnings: Mutex<Warnings>,
@@ -90,7 +90,7 @@ pub struct Device {
     /// How many pages are on the active list, read without its lock.
     reclaimable: AtomicU64,
     /// SGX users and the security version.
-    svn: Mutex<svn::SvnState>,
+    svn: PointMutex<svn::SvnState>,
     /// Whether an emulated device ([`crate::device::Emulated`]) serves this model.
     emulated: std::sync::atomic::AtomicBool,
 }
@@ -101,14 +101,14 @@ impl Device {
         Arc::new(Self {
             epc,
             kernel,
-            zombies: Mutex::new(Vec::new()),
+            zombies: PointMutex::new(Vec::new()),
             live: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0),
             warnings: Mutex::new(Warnings::default()),
             boot_poisoned: AtomicU64::new(0),
             reclaim: Mutex::new(reclaim::Reclaimer::default()),
             reclaimable: AtomicU64::new(0),
-            svn: Mutex::new(svn::SvnState::default()),
+            svn: PointMutex::new(svn::SvnState::default()),
             emulated: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -184,7 +184,7 @@ impl Device {
     /// EPC usage now.
     pub fn stats(&self) -> Stats {
         let free = self.epc.free_pages();
-        let zombie = lock(&self.zombies).len() as u64;
+        let zombie = lock_point(&self.zombies).len() as u64;
         let poisoned = self.epc.poison_list_pages();
         let host = self.host_pages();
         Stats {
@@ -198,7 +198,7 @@ impl Device {
 
     /// The zombie list, oldest first.
     pub fn zombies(&self) -> Vec<EpcPage> {
-        lock(&self.zombies).clone()
+        lock_point(&self.zombies).clone()
     }
 
     /// Kernel warnings the model has printed, as dmesg would show them: each is a
@@ -242,7 +242,7 @@ impl Device {
     /// instance's page map.
     pub fn heap_bytes(&self) -> usize {
         self.epc.heap_bytes()
-            + lock(&self.zombies).capacity() * size_of::<EpcPage>()
+            + lock_point(&self.zombies).capacity() * size_of::<EpcPage>()
             + self
                 .live_instances()
                 .iter()
@@ -283,7 +283,7 @@ impl Device {
     /// the same time either ran its walk before (and this walk sees its children
     /// gone) or runs it after (and sees these SECS pages listed).
     fn retry_zombies(&self, mut secs_pages: Vec<EpcPage>) {
-        let mut zombies = lock(&self.zombies);
+        let mut zombies = lock_point(&self.zombies);
         if self.kernel.has(KernelFix::ZombieRetry) {
             zombies.append(&mut secs_pages);
             while self.walk_zombies(&mut zombies) {}
@@ -339,7 +339,7 @@ impl Device {
     /// zombie left by an earlier release makes EUPDATESVN fail.
     pub(super) fn drain_zombies(&self) {
         if self.kernel.has(KernelFix::ZombieDrain) {
-            let mut zombies = lock(&self.zombies);
+            let mut zombies = lock_point(&self.zombies);
             while self.walk_zombies(&mut zombies) {}
         }
     }

@@ -22,7 +22,7 @@
 
 use super::Device;
 use crate::abi::{EnclsError, Errno, SgxCode};
-use crate::sync::lock;
+use crate::sync::lock_point;
 
 /// `RDRAND_RETRY_LOOPS`: EUPDATESVN attempts before `EAGAIN`.
 pub const RDRAND_RETRY_LOOPS: u32 = 10;
@@ -76,23 +76,23 @@ impl Device {
     /// Gives the CPU EUPDATESVN (or takes it away). Without it, `sgx_update_svn`
     /// returns 0 at once and only the count changes.
     pub fn set_eupdatesvn(&self, on: bool) {
-        lock(&self.svn).eupdatesvn = on;
+        lock_point(&self.svn).eupdatesvn = on;
     }
 
     /// A late microcode load raises the loaded SVN to `svn` (never lowers it).
     pub fn load_microcode(&self, svn: u32) {
-        let mut s = lock(&self.svn);
+        let mut s = lock_point(&self.svn);
         s.svn.microcode = s.svn.microcode.max(svn);
     }
 
     /// The next `n` EUPDATESVN executions answer `SGX_INSUFFICIENT_ENTROPY`.
     pub fn fail_entropy(&self, n: u32) {
-        lock(&self.svn).entropy_failures = n;
+        lock_point(&self.svn).entropy_failures = n;
     }
 
     /// CPUSVN, the loaded SVN and the users now.
     pub fn svn(&self) -> Svn {
-        lock(&self.svn).svn
+        lock_point(&self.svn).svn
     }
 
     /// `sgx_inc_usage_count` (Linux 6.19+; before, opens are not counted).
@@ -100,7 +100,7 @@ impl Device {
         if !self.kernel.counts_sgx_users() {
             return Ok(());
         }
-        let mut s = lock(&self.svn);
+        let mut s = lock_point(&self.svn);
         if s.svn.users == 0 {
             self.drain_zombies();
             self.update_svn(&mut s)?;
@@ -112,7 +112,7 @@ impl Device {
     /// `sgx_dec_usage_count`.
     pub(super) fn dec_usage(&self) {
         if self.kernel.counts_sgx_users() {
-            let mut s = lock(&self.svn);
+            let mut s = lock_point(&self.svn);
             s.svn.users = s.svn.users.saturating_sub(1);
         }
     }

@@ -424,7 +424,12 @@ impl Epc {
     /// Locks `p` from the exact value `seen` (rule 1 of the module comment).
     pub(crate) fn lock_from(&self, p: EpcPage, seen: Entry) -> bool {
         debug_assert!(!seen.is_child() && !seen.in_use());
-        self.cas(p, seen, seen.with_in_use())
+        let locked = self.cas(p, seen, seen.with_in_use());
+        if locked {
+            // The leaf's window: another logical processor may meet the lock here.
+            crate::sync::point();
+        }
+        locked
     }
 
     /// Stores `e` into a page this leaf locked, unlocking it.

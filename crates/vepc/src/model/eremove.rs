@@ -65,6 +65,7 @@ impl<'e> Sweep<'e> {
     /// EREMOVE on `page`: answers exactly as [`Epc::eremove`] would.
     #[inline]
     pub fn eremove(&mut self, page: EpcPage) -> Result<(), EnclsError> {
+        crate::sync::point();
         if !self.cost.is_zero() {
             burn(self.cost);
         }
