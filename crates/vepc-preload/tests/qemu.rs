@@ -520,3 +520,75 @@ fn prealloc_completes_beside_a_host_enclave_load() {
         },
     );
 }
+
+/// The exact device's windows (`vepc::device::emulated`) against one round trip per
+/// first touch, on QEMU: under host enclave pressure, with a SECS split between the
+/// sections, the log shows the same resets, the same pages, and the same ksgxd work
+/// either way; and with too little EPC, prealloc stops QEMU the same way.
+#[test]
+fn windows_and_one_touch_at_a_time_agree_on_qemu() {
+    let pressure = || {
+        Setup::default()
+            .env("VEPC_EPC", "72M,32M")
+            .env("VEPC_INJECT", "host-enclave=24M")
+            .script(&format!("{SPLIT}reclaimer\n"))
+    };
+    let summary = |r: &Run| {
+        let reclaimer: Vec<String> = r
+            .log
+            .iter()
+            .filter(|l| l["call"] == "script")
+            .map(|l| l["result"].to_string())
+            .collect();
+        let resets: Vec<String> = (0..r.resets.len())
+            .map(|n| format!("{} {}", rounds(r, n), valid(r, n)))
+            .collect();
+        let present: Vec<u64> = r.calls().map(|c| c.present_pages).collect();
+        let released: Vec<String> = r
+            .log
+            .iter()
+            .filter(|l| l["call"] == "release")
+            .map(|l| l["stats"].to_string())
+            .collect();
+        (reclaimer, resets, present, released)
+    };
+    // The shim logs the count with each ioctl.
+    let windows = |r: &Run| -> u64 {
+        r.log
+            .iter()
+            .filter(|l| l["call"] == "ioctl")
+            .filter_map(|l| l["windows"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    for (build, qemu) in qemus("windows_and_one_touch_at_a_time_agree_on_qemu") {
+        let fast = run(&qemu, &shim_path(), &pressure().env("VEPC_FAULTS", "auto"))
+            .unwrap_or_else(|e| panic!("{build:?}: {e}"));
+        let one = run(
+            &qemu,
+            &shim_path(),
+            &pressure().env("VEPC_FAULTS", "userfaultfd"),
+        )
+        .unwrap_or_else(|e| panic!("{build:?}: {e}"));
+        every_page_preallocated(build, &fast);
+        assert!(windows(&fast) > 0, "{build:?}: the fast path was not taken");
+        assert_eq!(windows(&one), 0, "{build:?}");
+        assert_eq!(summary(&fast), summary(&one), "{build:?}");
+        // Too little EPC even after writing the host enclave back: the same stop.
+        let short = || {
+            Setup::default()
+                .env("VEPC_EPC", "64M,24M")
+                .env("VEPC_INJECT", "host-enclave=8M")
+        };
+        let a = run(&qemu, &shim_path(), &short().env("VEPC_FAULTS", "auto"));
+        let b = run(
+            &qemu,
+            &shim_path(),
+            &short().env("VEPC_FAULTS", "userfaultfd"),
+        );
+        match (a, b) {
+            (Err(a), Err(b)) => assert_eq!(ended(&a), ended(&b), "{build:?}"),
+            (a, b) => panic!("{build:?}: both must stop at prealloc: {a:?} / {b:?}"),
+        }
+    }
+}

@@ -89,6 +89,8 @@ pub(super) fn log_line(
             ("injected", injected.into()),
             ("present_pages", file.present_pages().into()),
             ("valid_pages", file.valid_pages().into()),
+            // How often the exact device has taken its fast path: not Linux's.
+            ("windows", file.device().windows_opened().into()),
         ],
     );
 }

@@ -248,6 +248,19 @@ impl Device {
         self.reclaimable.load(Ordering::Acquire) != 0
     }
 
+    /// How many pages vEPC faults can take now with nothing observable but the pages
+    /// themselves: the free pages, and with host enclave pages on the active list only
+    /// down to `SGX_NR_LOW_PAGES` (an allocation below it wakes ksgxd, whose work
+    /// shows in [`reclaim_stats`](Self::reclaim_stats)). So many faults give the same
+    /// answers and counts in any order, one by one or as one batch.
+    pub fn quiet_pages(&self) -> u64 {
+        let free = self.epc().free_pages();
+        if !self.has_reclaimable() {
+            return free;
+        }
+        free.min(self.nr_free_pages().saturating_sub(SGX_NR_LOW_PAGES))
+    }
+
     /// What the reclaimer has done so far.
     pub fn reclaim_stats(&self) -> ReclaimStats {
         lock(&self.reclaim).stats

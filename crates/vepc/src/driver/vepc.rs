@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::page_map::PageMap;
-use super::reclaim::{AllocError, SGX_NR_LOW_PAGES};
+use super::reclaim::AllocError;
 use super::vfs::{Caller, Vfs, do_vfs_ioctl};
 use super::{Device, WarnSite};
 use crate::abi::{EnclsError, Errno, FaultError, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
@@ -150,10 +150,7 @@ impl Vepc {
                     .take_free(at, end - at)
                     .map_err(|_| FaultError::Signal(Signal::Sigbus));
             }
-            let epc = self.device.epc();
-            let quiet = epc
-                .free_pages()
-                .min(self.device.nr_free_pages().saturating_sub(SGX_NR_LOW_PAGES));
+            let quiet = self.device.quiet_pages();
             if quiet == 0 {
                 self.fault(at)?;
                 at += 1;

@@ -18,6 +18,7 @@ const UFFDIO: u8 = 0xAA;
 const UFFD_API: u64 = 0xAA;
 const UFFDIO_API: u32 = iowr(UFFDIO, 0x3F, size_of::<UffdioApi>());
 const UFFDIO_REGISTER: u32 = iowr(UFFDIO, 0x00, size_of::<UffdioRegister>());
+const UFFDIO_UNREGISTER: u32 = ioc(IOC_READ, UFFDIO, 0x01, size_of::<UffdioRange>());
 const UFFDIO_WAKE: u32 = ioc(IOC_READ, UFFDIO, 0x02, size_of::<UffdioRange>());
 const UFFDIO_COPY: u32 = iowr(UFFDIO, 0x03, size_of::<UffdioCopy>());
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1;
@@ -175,6 +176,17 @@ impl Userfaultfd {
             return Err(Errno::EINVAL);
         }
         Ok(())
+    }
+
+    /// Takes `[start, start + len)` out of userfaultfd: first touches there become
+    /// ordinary page faults again. Threads waiting on a fault in the range are woken
+    /// and touch again (`userfaultfd_unregister()` wakes them).
+    pub(crate) fn unregister(&self, start: usize, len: usize) -> Result<(), Errno> {
+        let mut range = UffdioRange {
+            start: start as u64,
+            len: len as u64,
+        };
+        call(self.fd.as_fd(), UFFDIO_UNREGISTER, &mut range)
     }
 
     /// Fills the missing page at `page` with zeroes and wakes its toucher. `EEXIST`

@@ -119,10 +119,22 @@ impl Backing {
     /// otherwise, or is no longer the memfd it was, was closed or replaced by the
     /// program (a raw `close` or `dup2` system call): [`Lost`].
     pub(super) fn settle(&self, vepc: &Vepc) -> Result<(), Lost> {
+        self.settle_range(vepc, 0, u64::MAX)
+    }
+
+    /// [`settle`](Self::settle) for the instance pages `start..start + count` only:
+    /// what a window's close needs, at the cost of the window rather than of every
+    /// page the instance has.
+    pub(super) fn settle_range(&self, vepc: &Vepc, start: u64, count: u64) -> Result<(), Lost> {
+        let stop = start.saturating_add(count);
         for (segment, slot) in self.segments.iter().enumerate() {
             let Some(seg) = slot.get() else { continue };
-            let size = seg.size.load(Ordering::Acquire);
-            if size == 0 {
+            let base = segment as u64 * SEGMENT_PAGES;
+            // The range's bytes within this segment.
+            let lo = start.saturating_sub(base).min(SEGMENT_PAGES) * PAGE_SIZE;
+            let hi = stop.saturating_sub(base).min(SEGMENT_PAGES) * PAGE_SIZE;
+            let size = seg.size.load(Ordering::Acquire).min(hi);
+            if size <= lo {
                 continue;
             }
             let ident = rustix::fs::fstat(&seg.fd)
@@ -131,8 +143,7 @@ impl Backing {
             if ident != seg.ident {
                 return Err(self.lost(segment, "it is another file now"));
             }
-            let base = segment as u64 * SEGMENT_PAGES;
-            let mut at = 0;
+            let mut at = lo;
             while at < size {
                 let data = match rustix::fs::seek(&seg.fd, SeekFrom::Data(at)) {
                     Ok(d) => d,

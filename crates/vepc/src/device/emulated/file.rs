@@ -228,6 +228,11 @@ impl EmulatedFile {
         self.backing.settle(self.model.vepc())
     }
 
+    /// [`settle`](Self::settle) for the pages `pgoff..pgoff + pages` only.
+    pub(super) fn settle_range(&self, pgoff: u64, pages: u64) -> Result<(), Lost> {
+        self.backing.settle_range(self.model.vepc(), pgoff, pages)
+    }
+
     /// Settles, and reports a lost descriptor to the device.
     fn settled(&self) -> Result<(), Errno> {
         if let Err(l) = self.settle() {

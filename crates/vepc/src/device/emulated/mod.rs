@@ -34,6 +34,25 @@
 //! mapped page is faulted in on the model at once, and the pages past the EPC's end
 //! answer `SIGBUS` from then on.
 //!
+//! # Windows: exact, and fast where it can be
+//!
+//! Exact is not one round trip per page, though. When a first touch reaches the
+//! fault thread and the model could give K more pages with nothing observable but
+//! the pages themselves (K ≤ [`Device::quiet_pages`]: free pages, and none below
+//! `SGX_NR_LOW_PAGES` while host enclave pages could be reclaimed), the thread takes
+//! a *window* of up to K pages from the touch onwards out of userfaultfd instead of
+//! answering the one page. The toucher, woken by the unregistration, and every touch
+//! in the window after it are ordinary page faults, counted at the next observation
+//! as in fast mode. The window's K pages stay reserved: the next window only gets
+//! what is quiet beyond every open window. When what is left is too little for a
+//! window, and before anything changes the mappings or hands the model to another
+//! user, the windows are registered again and their touches counted; from there on
+//! each touch is the model's decision, SIGBUS included. Every answer is then one that
+//! Linux gives for some order of the same touches: the windows' touches could not
+//! fail, took no page another touch needed, and woke nobody. Windows double in size
+//! while a toucher keeps needing new ones, so a range is crossed with a few dozen
+//! round trips (`tests/emulated.rs` holds them to the one-page-at-a-time answers).
+//!
 //! # Locks
 //!
 //! One lock of its own, `Emulated::state` (the table of mapped ranges and how first
@@ -148,6 +167,8 @@ pub struct Emulated {
     mapped_any: AtomicBool,
     next_token: AtomicU64,
     reset_lock: Arc<crate::reset::ResetLock>,
+    /// Windows opened so far ([`Emulated::windows_opened`]).
+    windows_opened: AtomicU64,
 }
 
 impl std::fmt::Debug for Emulated {
@@ -164,6 +185,43 @@ impl std::fmt::Debug for Emulated {
 struct State {
     regions: Regions<Piece>,
     faults: Faults,
+    windows: Windows,
+}
+
+/// The smallest window worth its two system calls; with fewer quiet pages the touch
+/// is answered on its own.
+const WINDOW_MIN: usize = 16;
+/// The largest window: 256 MiB.
+const WINDOW_MAX: usize = 1 << 16;
+
+/// Ranges of exactly served mappings taken out of userfaultfd (the module's
+/// documentation says when and why).
+#[derive(Debug)]
+struct Windows {
+    /// `(start, len)` of each open window, in bytes.
+    open: Vec<(usize, usize)>,
+    /// Pages reserved for the open windows: their sizes, touched or not.
+    reserved: u64,
+    /// Pages the next window asks for.
+    next: usize,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Self {
+            open: Vec::new(),
+            reserved: 0,
+            next: WINDOW_MIN,
+        }
+    }
+}
+
+impl Windows {
+    fn contains(&self, addr: usize) -> bool {
+        self.open
+            .iter()
+            .any(|&(start, len)| start <= addr && addr - start < len)
+    }
 }
 
 /// What one tracked range maps: an instance, and the model's mapping of it (which
@@ -196,6 +254,7 @@ impl Emulated {
             state: Mutex::new(State {
                 regions: Regions::default(),
                 faults,
+                windows: Windows::default(),
             }),
             uffd: OnceLock::new(),
             on_release: OnceLock::new(),
@@ -204,6 +263,7 @@ impl Emulated {
             mapped_any: AtomicBool::new(false),
             next_token: AtomicU64::new(1),
             reset_lock: crate::reset::ResetLock::new(),
+            windows_opened: AtomicU64::new(0),
         }))
     }
 
@@ -324,7 +384,7 @@ impl Emulated {
             if state.faults == Faults::Fast {
                 self.leave_fast(&mut state).err()
             } else {
-                None
+                self.close_windows(&mut state).err()
             }
         };
         if let Some(l) = lost {
@@ -402,6 +462,13 @@ impl Emulated {
             })
             .as_ref()
             .ok()
+    }
+
+    /// How many windows the fault thread has opened so far (the module's
+    /// documentation says what they are): how a test or a benchmark sees that the
+    /// exact device took its fast path.
+    pub fn windows_opened(&self) -> u64 {
+        self.windows_opened.load(Ordering::Relaxed)
     }
 
     /// Why userfaultfd could not be had, once something asked for it.
@@ -489,6 +556,11 @@ impl Emulated {
         }
         let (r, gone) = {
             let mut state = lock(&self.state);
+            // While the ranges are still the device's: registering a window again
+            // after the call could reach whatever the program maps there.
+            if let Err(l) = self.close_windows(&mut state) {
+                self.lose(l.0);
+            }
             let r = replace();
             let gone = if r.is_ok() {
                 // The kernel works in whole pages.
@@ -527,6 +599,9 @@ impl Emulated {
         let (answer, gone) = {
             let mut state = lock(&self.state);
             let (_, end) = state.regions.find(old).map(|(r, _)| (r.start, r.end))?;
+            if let Err(l) = self.close_windows(&mut state) {
+                self.lose(l.0);
+            }
             let r = remap_checks(old, old_len, new_len, flags, new, end).and_then(|how| {
                 let new_len = new_len.next_multiple_of(PAGE);
                 let old_len = old_len.next_multiple_of(PAGE);
@@ -628,7 +703,7 @@ impl Emulated {
     pub(crate) fn unmap_token(&self, token: u64) {
         let gone = {
             let mut state = lock(&self.state);
-            let mut gone = Ok(Vec::new());
+            let mut gone = self.close_windows(&mut state).map(|()| Vec::new());
             for (start, end) in state.regions.of_token(token) {
                 // SAFETY: the pieces of the mapping the caller owns and gives up.
                 if unsafe { mm::unmap(start, end - start) }.is_ok() {
@@ -653,9 +728,22 @@ impl Emulated {
     /// VMM's or a guest's outside an enclave, and those get abort-page semantics on
     /// EPC, not its data (docs/SEMANTICS.md §7.1).
     fn serve_fault(&self, uffd: &Userfaultfd, page: usize) {
-        let state = lock(&self.state);
-        let Some((r, index)) = state.regions.find(page) else {
+        let mut state = lock(&self.state);
+        // A touch in an open window (read after the window opened): it is an
+        // ordinary fault now, as the toucher finds when it touches again.
+        if state.windows.contains(page) {
+            uffd.wake(page);
+            return;
+        }
+        let Some(end) = state.regions.find(page).map(|(r, _)| r.end) else {
             // Unmapped meanwhile: the toucher retries and meets whatever is there now.
+            uffd.wake(page);
+            return;
+        };
+        if self.mode == FaultMode::Auto && self.open_window(&mut state, uffd, page, end) {
+            return;
+        }
+        let Some((r, index)) = state.regions.find(page) else {
             uffd.wake(page);
             return;
         };
@@ -668,6 +756,77 @@ impl Emulated {
                 uffd.wake(page);
             }
         }
+    }
+
+    /// Opens a window at `page`, in a range that ends at `end`, if the model has
+    /// quiet pages enough for one (closing the open windows first when only their
+    /// reserve stands in the way). Whether it did: the toucher was woken by it.
+    fn open_window(&self, state: &mut State, uffd: &Userfaultfd, page: usize, end: usize) -> bool {
+        let mut quiet = self
+            .model
+            .quiet_pages()
+            .saturating_sub(state.windows.reserved);
+        if quiet < WINDOW_MIN as u64 && state.windows.reserved > 0 {
+            // The reserve counts every page of every window, touched or not, and the
+            // touched ones may have been counted since: count and look again.
+            if let Err(l) = self.close_windows(state) {
+                self.lose(l.0);
+                return false;
+            }
+            quiet = self.model.quiet_pages();
+        }
+        let pages = state
+            .windows
+            .next
+            .min((end - page) / PAGE)
+            .min(usize::try_from(quiet).unwrap_or(usize::MAX));
+        if pages < WINDOW_MIN.min((end - page) / PAGE).max(1) {
+            return false;
+        }
+        if uffd.unregister(page, pages * PAGE).is_err() {
+            return false;
+        }
+        let w = &mut state.windows;
+        w.open.push((page, pages * PAGE));
+        w.reserved += pages as u64;
+        w.next = (w.next * 2).min(WINDOW_MAX);
+        self.windows_opened.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Registers every open window again and counts the touches made in them: from
+    /// here on each first touch there is the model's decision again.
+    fn close_windows(&self, state: &mut State) -> Result<(), backing::Lost> {
+        if state.windows.open.is_empty() {
+            return Ok(());
+        }
+        let open = std::mem::take(&mut state.windows.open);
+        state.windows = Windows::default();
+        let uffd = self.uffd();
+        let mut lost = Ok(());
+        for (start, len) in open {
+            let registered = uffd.is_some_and(|u| u.register(start, len).is_ok());
+            for r in state.regions.iter() {
+                if r.end <= start || start + len <= r.start {
+                    continue;
+                }
+                if !registered {
+                    // The range is still the device's, so this should not fail; if
+                    // it does, its pages are decided now, as the eager way does, so
+                    // that no first touch goes uncounted.
+                    fault_in_now(r);
+                }
+                // Only the window's pages: settling whole instances at every close
+                // would cost a scan of every page they have.
+                let from = start.max(r.start);
+                let to = (start + len).min(r.end);
+                let pgoff = r.pgoff + ((from - r.start) / PAGE) as u64;
+                if let Err(l) = r.what.file.settle_range(pgoff, ((to - from) / PAGE) as u64) {
+                    lost = Err(l);
+                }
+            }
+        }
+        lost
     }
 
     fn released(&self, id: u64) {
