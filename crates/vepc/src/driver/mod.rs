@@ -9,9 +9,11 @@
 //! - [`vfs`]: the ioctls the VFS answers before the driver sees them;
 //! - `reclaim`: `sgx_alloc_epc_page`, host enclaves ([`Device::host_enclave_create`])
 //!   and ksgxd, which writes their pages back when vEPC needs room;
+//! - `active`: `sgx_active_page_list`, the host pages ksgxd can write back, oldest first;
 //! - `memory_failure`: [`Device::memory_failure`], poisoned pages;
 //! - `svn`: SGX users and EUPDATESVN at the first open ([`Device::svn`]).
 
+mod active;
 mod check;
 mod memory_failure;
 mod page_map;

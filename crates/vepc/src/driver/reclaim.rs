@@ -17,9 +17,10 @@
 //! - host enclaves are idle once loaded, so `sgx_reclaimer_age` finds every page old
 //!   at the first scan.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use super::Device;
+use super::active::{ActiveList, PageSet};
 use crate::abi::{EnclsError, Errno};
 use crate::model::{AddType, EpcPage};
 use crate::sync::{Ordering, lock};
@@ -69,10 +70,7 @@ pub struct ReclaimStats {
 #[derive(Debug, Default)]
 pub(super) struct Reclaimer {
     /// `sgx_active_page_list`: reclaimable pages by the order they were added.
-    active: BTreeMap<u64, EpcPage>,
-    /// Each active page's place in `active` and its enclave.
-    active_of: HashMap<EpcPage, (u64, HostEnclaveId)>,
-    next_seq: u64,
+    active: ActiveList,
     enclaves: BTreeMap<HostEnclaveId, HostEnclave>,
     next_id: u64,
     stats: ReclaimStats,
@@ -87,7 +85,7 @@ struct HostEnclave {
     /// `encl->secs.epc_page`, while it is resident.
     secs: Option<EpcPage>,
     /// Child pages resident in the EPC.
-    children: BTreeSet<EpcPage>,
+    children: PageSet,
     /// `encl->va_pages`: never reclaimed.
     va: Vec<EpcPage>,
     /// `encl->page_cnt`: pages added, the SECS included.
@@ -190,26 +188,29 @@ impl Device {
     /// `sgx_reclaim_pages`: the oldest `SGX_NR_TO_SCAN` active pages are written back
     /// and freed; an initialized enclave's SECS follows its last child out.
     fn reclaim_pages(&self, r: &mut Reclaimer) {
-        let chunk: Vec<(u64, EpcPage)> = r
-            .active
-            .iter()
-            .take(SGX_NR_TO_SCAN)
-            .map(|(&s, &p)| (s, p))
-            .collect();
-        for (seq, page) in chunk {
-            r.active.remove(&seq);
-            let Some((_, id)) = r.active_of.remove(&page) else {
-                continue;
-            };
-            self.write_back(r, id, page);
+        let mut chunk = Vec::with_capacity(SGX_NR_TO_SCAN);
+        r.active.take_oldest(SGX_NR_TO_SCAN, &mut chunk);
+        // Freed together, one pool lock for the chunk: nothing looks at the free
+        // count until the chunk is done (ksgxd checks its watermark between chunks).
+        let mut freed = Vec::with_capacity(2 * SGX_NR_TO_SCAN);
+        for (page, id) in chunk {
+            self.write_back(r, id, page, &mut freed);
         }
+        self.epc.free_pages_batch(&freed);
         self.reclaimable
             .store(r.active.len() as u64, Ordering::Release);
     }
 
-    /// `sgx_reclaimer_write` for one page of enclave `id`.
-    fn write_back(&self, r: &mut Reclaimer, id: HostEnclaveId, page: EpcPage) {
-        self.ewb_and_free(r, page);
+    /// `sgx_reclaimer_write` for one page of enclave `id`; the pages it frees go to
+    /// `freed`.
+    fn write_back(
+        &self,
+        r: &mut Reclaimer,
+        id: HostEnclaveId,
+        page: EpcPage,
+        freed: &mut Vec<EpcPage>,
+    ) {
+        self.ewb(r, page, freed);
         let secs = r.enclaves.get_mut(&id).and_then(|encl| {
             encl.children.remove(&page);
             if encl.children.is_empty() && encl.initialized {
@@ -219,11 +220,12 @@ impl Device {
             }
         });
         if let Some(secs) = secs {
-            self.ewb_and_free(r, secs);
+            self.ewb(r, secs, freed);
         }
     }
 
-    fn ewb_and_free(&self, r: &mut Reclaimer, page: EpcPage) {
+    /// EWB of `page`, which goes to `freed` when it worked.
+    fn ewb(&self, r: &mut Reclaimer, page: EpcPage, freed: &mut Vec<EpcPage>) {
         // Before 6.16 a poisoned page in use stayed on the active list: EWB reads its
         // data, a machine check in ksgxd, in kernel mode.
         if self.epc.is_bad(page) {
@@ -236,7 +238,7 @@ impl Device {
         match self.epc.ewb(page) {
             Ok(()) => {
                 r.stats.written_back += 1;
-                self.epc.free_page(page);
+                freed.push(page);
             }
             Err(e) => self.warn(format!("EWB of EPC page {} failed: {e}", page.0)),
         }
@@ -288,7 +290,7 @@ impl Device {
 
     /// Pages on the active list (reclaimable), oldest first.
     pub fn active_pages(&self) -> Vec<EpcPage> {
-        lock(&self.reclaim).active.values().copied().collect()
+        lock(&self.reclaim).active.pages()
     }
 
     /// A host process builds an enclave of `pages` pages through `/dev/sgx_enclave`:
@@ -336,10 +338,7 @@ impl Device {
             if let Some(e) = r.enclaves.get_mut(&id) {
                 e.children.insert(page);
             }
-            let seq = r.next_seq;
-            r.next_seq += 1;
-            r.active.insert(seq, page);
-            r.active_of.insert(page, (seq, id));
+            r.active.push(page, id);
             self.reclaimable
                 .store(r.active.len() as u64, Ordering::Release);
         }
@@ -391,10 +390,12 @@ impl Device {
         let Some(encl) = r.enclaves.remove(&id) else {
             return;
         };
-        for page in encl.children.iter().chain(&encl.va).chain(&encl.secs) {
-            if let Some((seq, _)) = r.active_of.remove(page) {
-                r.active.remove(&seq);
-            }
+        // In page order, as the tree this set once was gave them: which pages go
+        // back to the pools first decides which the next allocations get.
+        let mut children: Vec<EpcPage> = encl.children.iter().copied().collect();
+        children.sort_unstable();
+        for page in children.iter().chain(&encl.va).chain(&encl.secs) {
+            r.active.remove(*page);
             match self.epc.eremove(*page) {
                 Ok(()) => self.epc.free_page(*page),
                 Err(e) => self.warn(format!("EREMOVE of host EPC page {} failed: {e}", page.0)),
@@ -410,10 +411,9 @@ impl Device {
     /// poisoned: it is not written back any more. Whether it was on the list.
     pub(super) fn unmark_reclaimable(&self, page: EpcPage) -> bool {
         let mut r = lock(&self.reclaim);
-        let Some((seq, _)) = r.active_of.remove(&page) else {
+        if r.active.remove(page).is_none() {
             return false;
-        };
-        r.active.remove(&seq);
+        }
         self.reclaimable
             .store(r.active.len() as u64, Ordering::Release);
         true

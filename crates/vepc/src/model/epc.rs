@@ -123,9 +123,67 @@ pub struct Epc {
     bad: Mutex<BTreeSet<u32>>,
     /// `bad.len()`, read without the lock on every guest access.
     bad_count: AtomicU64,
+    /// The pools' counts, summed.
+    totals: Totals,
+}
+
+/// Free pages and poison-list pages of all sections, kept as the pools change
+/// (under their locks) so that reading them takes no lock: the watermark checks read
+/// them at every allocation, as the kernel reads its atomic `sgx_nr_free_pages`.
+#[derive(Debug, Default)]
+struct Totals {
+    free: AtomicU64,
+    poison_listed: AtomicU64,
+}
+
+/// A section's pool, locked for a change: [`Totals`] follow it when it is let go.
+struct PoolMut<'a> {
+    pool: MutexGuard<'a, FreePool>,
+    before: (u32, u32),
+    totals: &'a Totals,
+}
+
+impl std::ops::Deref for PoolMut<'_> {
+    type Target = FreePool;
+    fn deref(&self) -> &FreePool {
+        &self.pool
+    }
+}
+
+impl std::ops::DerefMut for PoolMut<'_> {
+    fn deref_mut(&mut self) -> &mut FreePool {
+        &mut self.pool
+    }
+}
+
+impl Drop for PoolMut<'_> {
+    fn drop(&mut self) {
+        // Still under the pool's lock: the guard field drops after this.
+        let after = (self.pool.free_count(), self.pool.poison_list_len());
+        let adjust = |total: &AtomicU64, before: u32, after: u32| {
+            if after > before {
+                total.fetch_add(u64::from(after - before), Ordering::AcqRel);
+            } else if before > after {
+                total.fetch_sub(u64::from(before - after), Ordering::AcqRel);
+            }
+        };
+        adjust(&self.totals.free, self.before.0, after.0);
+        adjust(&self.totals.poison_listed, self.before.1, after.1);
+    }
 }
 
 impl Epc {
+    /// `s`'s pool, locked for a change that [`Totals`] must follow.
+    fn pool_mut<'a>(&'a self, s: &'a Section) -> PoolMut<'a> {
+        let pool = s.pool();
+        let before = (pool.free_count(), pool.poison_list_len());
+        PoolMut {
+            pool,
+            before,
+            totals: &self.totals,
+        }
+    }
+
     /// Checks section sizes without building anything: the EPC's page count, or why
     /// it cannot be (a size of 0 or not a multiple of 4K, more pages than the model
     /// numbers, or more model memory than this machine has).
@@ -194,12 +252,21 @@ impl Epc {
             })
             .collect();
         let epcm = (0..total).map(|_| AtomicU64::new(0)).collect();
+        let sections: Box<[Section]> = sections;
+        let free = sections
+            .iter()
+            .map(|s| u64::from(s.pool().free_count()))
+            .sum();
         Ok(Self {
             epcm,
             sections,
             eremove_cost_ns: AtomicU64::new(0),
             bad: Mutex::new(BTreeSet::new()),
             bad_count: AtomicU64::new(0),
+            totals: Totals {
+                free: AtomicU64::new(free),
+                poison_listed: AtomicU64::new(0),
+            },
         })
     }
 
@@ -232,7 +299,8 @@ impl Epc {
     /// Takes a free page from section `near` if it has one, else from the others in
     /// order: `sgx_alloc_epc_page` serves the faulting CPU's NUMA node first.
     pub fn alloc_page_near(&self, near: usize) -> Option<EpcPage> {
-        self.sections_from(near).find_map(|s| s.pool().alloc())
+        self.sections_from(near)
+            .find_map(|s| self.pool_mut(s).alloc())
     }
 
     /// The sections, starting with `near` (when it exists), then the rest in order.
@@ -263,7 +331,7 @@ impl Epc {
             if got == max {
                 break;
             }
-            s.pool().alloc_batch(max - got, out);
+            self.pool_mut(s).alloc_batch(max - got, out);
         }
     }
 
@@ -281,7 +349,7 @@ impl Epc {
                 .iter()
                 .take_while(|p| p.0 >= s.first && p.0 < end)
                 .count();
-            let mut pool = s.pool();
+            let mut pool = self.pool_mut(s);
             for &p in &rest[..run] {
                 debug_assert!(!self.entry(p).valid(), "freeing a valid EPC page {p:?}");
                 pool.release(p);
@@ -295,7 +363,7 @@ impl Epc {
     pub fn free_page(&self, p: EpcPage) {
         debug_assert!(!self.entry(p).valid(), "freeing a valid EPC page {p:?}");
         if let Some(s) = self.section_of(p) {
-            s.pool().release(p);
+            self.pool_mut(s).release(p);
         }
     }
 
@@ -320,7 +388,7 @@ impl Epc {
     /// when it is freed.
     pub fn poison(&self, p: EpcPage) -> Poisoning {
         match self.section_of(p) {
-            Some(s) => s.pool().poison(p),
+            Some(s) => self.pool_mut(s).poison(p),
             None => Poisoning::Already,
         }
     }
@@ -338,10 +406,7 @@ impl Epc {
 
     /// Pages on the poison lists: out of service for good.
     pub fn poison_list_pages(&self) -> u64 {
-        self.sections
-            .iter()
-            .map(|s| u64::from(s.pool().poison_list_len()))
-            .sum()
+        self.totals.poison_listed.load(Ordering::Acquire)
     }
 
     /// Whether any EPCM entry is valid: EUPDATESVN needs none to be.
@@ -351,10 +416,7 @@ impl Epc {
 
     /// Free pages in all sections.
     pub fn free_pages(&self) -> u64 {
-        self.sections
-            .iter()
-            .map(|s| s.pool().free_count() as u64)
-            .sum()
+        self.totals.free.load(Ordering::Acquire)
     }
 
     /// Whether `p` is in a section's free pool.
