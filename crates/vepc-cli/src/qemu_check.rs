@@ -96,6 +96,8 @@ fn print_json(qemu: &std::path::Path, version: &str, status: &str, outcomes: &[O
             let mut v = serde_json::to_value(&o.verdict).unwrap_or_default();
             v["name"] = o.case.name.into();
             v["title"] = o.case.title.into();
+            v["reach"] = o.case.reach.name().into();
+            v["reach_why"] = o.case.reach.why().into();
             v
         })
         .collect();
@@ -149,6 +151,11 @@ fn print_outcome(o: &Outcome) {
         Verdict::Error { reason } => ("ERROR", vec![reason.clone()]),
     };
     out(&format!("{tag} {}: {}", o.case.name, o.case.title));
+    out(&format!(
+        "      {} with vCPUs paused: {}",
+        o.case.reach.name(),
+        o.case.reach.why()
+    ));
     for l in lines {
         out(&format!("      {l}"));
     }

@@ -464,12 +464,18 @@ fn qemu_check_names_the_bugs_of_stock_qemu() {
         .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
         .collect();
     assert_eq!(verdicts, want, "{v}");
-    // Every bug comes with the evidence from the log.
+    // Every bug comes with the evidence from the log, and every case says whether a
+    // real host reaches it with vCPUs paused.
     for c in v["cases"].as_array().expect("cases") {
         assert!(
             c["evidence"].as_array().is_some_and(|e| !e.is_empty()),
             "{c}"
         );
+        assert!(
+            ["reachable", "defensive"].contains(&c["reach"].as_str().unwrap_or("")),
+            "{c}"
+        );
+        assert!(c["reach_why"].as_str().is_some_and(|w| w.len() > 20), "{c}");
     }
 }
 

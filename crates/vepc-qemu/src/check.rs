@@ -132,6 +132,36 @@ impl Verdict {
     }
 }
 
+/// Whether a case can happen on a real SGX host through QEMU's reset path, which runs
+/// with every vCPU paused (so no logical processor is inside a guest enclave: the VM
+/// exit was an AEX) and resets the sections one after another from one thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// It happens on a real host at a guest reboot; the text says to whom.
+    Reachable(&'static str),
+    /// It cannot happen with vCPUs paused today; the case checks that QEMU would still
+    /// be right if it did (another caller of the reset, a kernel change). The text says
+    /// why it is out of reach.
+    Defensive(&'static str),
+}
+
+impl Reach {
+    /// `reachable` or `defensive`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Reachable(_) => "reachable",
+            Self::Defensive(_) => "defensive",
+        }
+    }
+
+    /// Who meets it, or why nobody does.
+    pub fn why(self) -> &'static str {
+        match self {
+            Self::Reachable(w) | Self::Defensive(w) => w,
+        }
+    }
+}
+
 /// One case: a setup, and how to judge what QEMU did with it.
 #[derive(Debug, Clone, Copy)]
 pub struct Case {
@@ -139,6 +169,8 @@ pub struct Case {
     pub name: &'static str,
     /// What it puts QEMU through.
     pub title: &'static str,
+    /// Whether a real host with QEMU's reset path meets it.
+    pub reach: Reach,
     /// The QEMU run.
     setup: fn() -> Setup,
     /// The judgement of the run, and of the binary.
@@ -219,12 +251,20 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "split-secs",
         title: "a SECS in section 0, its children in section 1: two rounds",
+        reach: Reach::Reachable(
+            "a guest with two EPC sections (one per NUMA node) whose enclave has its SECS \
+             in one and children in the other; the kernel answers 1 for the first section",
+        ),
         setup: || Setup::default().script(SPLIT),
         judge: judge_split,
     },
     Case {
         name: "transient-ebusy",
         title: "the same, and section 0's first REMOVE_ALL fails with EBUSY",
+        reach: Reach::Defensive(
+            "EREMOVE fails only for a thread inside the enclave or a concurrent EREMOVE on \
+             the same enclave; with vCPUs paused and one resetting thread there is neither",
+        ),
         setup: || {
             Setup::default()
                 .script(SPLIT)
@@ -235,6 +275,7 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "transient-ebusy-secs-first",
         title: "a SECS below its children in section 0, whose first REMOVE_ALL fails with EBUSY",
+        reach: Reach::Defensive("as transient-ebusy: no EREMOVE conflict exists with vCPUs paused"),
         setup: || {
             Setup::default()
                 .script(SECS_FIRST)
@@ -245,12 +286,19 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "persistent-ebusy",
         title: "a thread left inside an enclave of section 0: EBUSY at every call",
+        reach: Reach::Defensive(
+            "a vCPU left running inside an enclave; QEMU's reset pauses every vCPU first",
+        ),
         setup: || Setup::default().script(INSIDE),
         judge: judge_persistent,
     },
     Case {
         name: "enotty",
         title: "a kernel without REMOVE_ALL (5.15): ENOTTY, over four resets",
+        reach: Reach::Reachable(
+            "every host kernel from 5.13 to 5.15 without a backport of REMOVE_ALL \
+             (Ubuntu 22.04's 5.15, for one): the reset does nothing and QEMU says nothing",
+        ),
         setup: || {
             Setup::default()
                 .script(SPLIT)
@@ -262,6 +310,10 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "einval",
         title: "every REMOVE_ALL fails with EINVAL",
+        reach: Reach::Reachable(
+            "the kernel answers EINVAL to a non-zero third argument, which a QEMU that \
+             passes none sends whenever %rdx happens to be non-zero at the call",
+        ),
         setup: || {
             Setup::default()
                 .script(SPLIT)
@@ -272,6 +324,9 @@ pub const CASES: [Case; 7] = [
     Case {
         name: "third-argument",
         title: "REMOVE_ALL's third argument is 0, and by construction (machine code)",
+        reach: Reach::Reachable(
+            "the binary itself: what %rdx holds at the call is up to the compiler",
+        ),
         setup: Setup::default,
         judge: judge_third_argument,
     },
@@ -459,6 +514,23 @@ fn judge_third_argument(qemu: &Path, run: &Run) -> Verdict {
 mod tests {
     use super::*;
     use crate::log::{Answer, Call, Reset};
+
+    #[test]
+    fn cases_say_what_a_paused_vm_reaches() {
+        let reach: Vec<(&str, &str)> = CASES.iter().map(|c| (c.name, c.reach.name())).collect();
+        assert_eq!(
+            reach,
+            [
+                ("split-secs", "reachable"),
+                ("transient-ebusy", "defensive"),
+                ("transient-ebusy-secs-first", "defensive"),
+                ("persistent-ebusy", "defensive"),
+                ("enotty", "reachable"),
+                ("einval", "reachable"),
+                ("third-argument", "reachable"),
+            ]
+        );
+    }
 
     fn call(instance: &str, answer: Answer, valid_pages: u64) -> Call {
         Call {
