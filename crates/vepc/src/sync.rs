@@ -8,13 +8,13 @@
 //!   device's table and the reset lock all run on them.
 //! - `explore` (wins over `shuttle`): the schedule points are only the ones the
 //!   kernel's own code has, so shuttle's DFS can enumerate every interleaving at small
-//!   scope (`tests/explore.rs`): a [`point`] before each ENCLS leaf and one while it
+//!   scope (`tests/explore.rs`): a `point()` before each ENCLS leaf and one while it
 //!   holds its EPCM lock (the window in which another logical processor meets it), and
-//!   the [`PointMutex`]es, the kernel mutexes held across a leaf (the zombie list,
+//!   the `PointMutex`es, the kernel mutexes held across a leaf (the zombie list,
 //!   `sgx_svn_lock`). Every other lock and atomic is std's and has no point inside:
 //!   between two points a thread's steps are one atomic step, as one EREMOVE or one
 //!   spinlocked list update is in the kernel. A std lock held across a point would
-//!   deadlock the explorer, so any lock that is, must be a [`PointMutex`].
+//!   deadlock the explorer, so any lock that is, must be a `PointMutex`.
 //!
 //! [`unpoisoned`] is for std's mutexes that stay std's (the kept descriptors, the
 //! `LD_PRELOAD` shim).
