@@ -151,6 +151,10 @@ impl Backing {
                     Err(rustix::io::Errno::NXIO) => break,
                     Err(e) => return Err(self.lost(segment, &format!("SEEK_DATA: {e}"))),
                 };
+                // Data past the range (the file goes on beyond it): nothing more here.
+                if data >= size {
+                    break;
+                }
                 let hole = rustix::fs::seek(&seg.fd, SeekFrom::Hole(data)).unwrap_or(size);
                 if data < at || hole <= data {
                     return Err(self.lost(segment, "SEEK_DATA and SEEK_HOLE do not advance"));

@@ -28,7 +28,21 @@ pub(super) fn serve(uffd: &Userfaultfd, device: &Weak<Emulated>) {
             Ok(Some(page)) => {
                 idle_since = None;
                 match device.upgrade() {
-                    Some(d) => d.serve_fault(uffd, page),
+                    Some(d) => {
+                        // A bug in serving must not leave the toucher asleep for ever
+                        // with nobody to wake it: the device says it is lost, and the
+                        // thread goes on serving.
+                        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            d.serve_fault(uffd, page);
+                        }));
+                        if served.is_err() {
+                            d.lose(format!(
+                                "the fault thread panicked serving the page at {page:#x}: \
+                                 a bug of the emulated device"
+                            ));
+                            uffd.wake(page);
+                        }
+                    }
                     None => uffd.wake(page),
                 }
             }
