@@ -13,9 +13,7 @@
 
 mod race;
 
-use std::sync::{Arc, Mutex};
-
-use race::{Counts, FIXED, guest, release_against_remove_all, report, two_releases};
+use race::{Counts, FIXED, count_schedules, release_against_remove_all, report, two_releases};
 use vepc::abi::KernelVersion;
 use vepc::driver::{Mapping, VepcFile};
 
@@ -25,17 +23,8 @@ fn every_interleaving(
     children: u64,
     body: fn((VepcFile, Mapping), (VepcFile, Mapping)),
 ) -> Counts {
-    let counts = Arc::new(Mutex::new(Counts::default()));
-    let c = Arc::clone(&counts);
-    let mut config = shuttle::Config::new();
-    config.stack_size = 1 << 20;
     let dfs = shuttle::scheduler::DfsScheduler::new(None, false);
-    shuttle::Runner::new(dfs, config).run(move || {
-        let (dev, g, h) = guest(kernel, children);
-        body(g, h);
-        vepc::sync::unpoisoned(&c).add(&dev);
-    });
-    *vepc::sync::unpoisoned(&counts)
+    count_schedules(dfs, kernel, children, body)
 }
 
 /// `Counts` in the order schedules, stranded, silent.

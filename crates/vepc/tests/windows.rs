@@ -156,6 +156,14 @@ fn workloads() -> Vec<Workload> {
         sections: vec![],
         touches: vec![],
     };
+    let poisoned = Workload {
+        what: "40 poisoned pages on 6.18: the watermark counts them",
+        host_enclaves: vec![300],
+        poison: (100..140).collect(),
+        sections: vec![2100],
+        touches: sequential(0, 2100, 256),
+        ..base.clone()
+    };
     vec![
         Workload {
             what: "one section bigger than the EPC, nothing to reclaim",
@@ -184,22 +192,11 @@ fn workloads() -> Vec<Workload> {
             touches: scattered(1500, 900, 6000),
             ..base.clone()
         },
-        Workload {
-            what: "40 poisoned pages on 6.18: the watermark counts them",
-            host_enclaves: vec![300],
-            poison: (100..140).collect(),
-            sections: vec![2100],
-            touches: sequential(0, 2100, 256),
-            ..base.clone()
-        },
+        poisoned.clone(),
         Workload {
             what: "the same with the poison-count fix",
             kernel: KernelVersion::DEFAULT.with(KernelFix::PoisonCount),
-            host_enclaves: vec![300],
-            poison: (100..140).collect(),
-            sections: vec![2100],
-            touches: sequential(0, 2100, 256),
-            ..base.clone()
+            ..poisoned
         },
         Workload {
             what: "5.15: no reclaim by faults of vEPC, a host enclave",

@@ -5,7 +5,7 @@
 //! The layout: one enclave whose SECS is in instance G and whose children are in
 //! instance H, with one child, then two.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vepc::abi::{KernelFix, KernelVersion};
 use vepc::driver::{Device, Mapping, Sharing, VepcFile};
@@ -91,3 +91,23 @@ pub fn report(what: &str, kernel: KernelVersion, children: u64, c: Counts) {
 }
 
 pub const FIXED: KernelVersion = KernelVersion::DEFAULT.with(KernelFix::ZombieRetry);
+
+/// Runs `body` on a fresh [`guest`] under every schedule `scheduler` gives, and counts
+/// what each left.
+pub fn count_schedules(
+    scheduler: impl shuttle::scheduler::Scheduler + 'static,
+    kernel: KernelVersion,
+    children: u64,
+    body: fn((VepcFile, Mapping), (VepcFile, Mapping)),
+) -> Counts {
+    let counts = Arc::new(Mutex::new(Counts::default()));
+    let c = Arc::clone(&counts);
+    let mut config = shuttle::Config::new();
+    config.stack_size = 1 << 20;
+    shuttle::Runner::new(scheduler, config).run(move || {
+        let (dev, g, h) = guest(kernel, children);
+        body(g, h);
+        vepc::sync::unpoisoned(&c).add(&dev);
+    });
+    *vepc::sync::unpoisoned(&counts)
+}
