@@ -350,3 +350,73 @@ fn populate_beside_a_host_enclave_is_fault_after_fault() {
     assert_eq!(populated.2, faulted.2, "the same write-backs and wake-ups");
     assert_eq!(populated.3, faulted.3);
 }
+
+/// Two vCPUs populate beside a host enclave at once. Each allocation of one is
+/// decided under the reclaimer's lock with the other's, so the run is some serial
+/// order of the two threads' faults: the same write-backs, wake-ups and fitted
+/// pages as one thread faulting both guests in turn, and with ksgxd eager no
+/// fault ever finds the EPC empty (`fault_retries` 0). Taking a batch of quiet
+/// pages without the lock lets the other thread cross the watermark unseen: more
+/// pages per wake-up, and faults that retry.
+#[test]
+fn two_vcpus_populating_beside_a_host_enclave_give_a_serial_answer() {
+    const SECTION: u64 = 40_000;
+    let run = |threads: bool| {
+        let dev = Device::new(
+            Epc::new(&[SECTION * 4096, SECTION * 4096]).expect("valid EPC"),
+            KernelVersion::DEFAULT,
+        );
+        dev.host_enclave_create(30_000)
+            .expect("the host enclave fits");
+        let files: Vec<_> = (0..2)
+            .map(|node| dev.open_on_node(node).expect("open"))
+            .collect();
+        let maps: Vec<_> = files
+            .iter()
+            .map(|f| f.mmap(SECTION * 4096, Sharing::Shared, 0).expect("mmap"))
+            .collect();
+        if threads {
+            std::thread::scope(|s| {
+                for m in &maps {
+                    s.spawn(move || {
+                        // A vCPU's touches in order, a few thousand pages at a time.
+                        for at in (0..SECTION).step_by(5000) {
+                            let _ = m.vepc().populate(at, 5000.min(SECTION - at));
+                        }
+                    });
+                }
+            });
+        } else {
+            for m in &maps {
+                let _ = m.populate();
+            }
+        }
+        dev.check().expect("consistent");
+        let fitted: u64 = files.iter().map(|f| f.vepc().present_pages()).sum();
+        (fitted, dev.reclaim_stats())
+    };
+    let serial = run(false);
+    assert!(serial.1.written_back > 29_000, "{:?}", serial.1);
+    assert_eq!(serial.1.fault_retries, 0);
+    for round in 0..8 {
+        assert_eq!(run(true), serial, "round {round}");
+    }
+}
+
+/// A host enclave whose own build reclaims its earlier pages can get one of them
+/// again: released, each resident page is freed once.
+#[test]
+fn a_host_enclave_that_gets_its_own_written_back_page_again_is_freed_once() {
+    let dev = device(64);
+    let id = dev.host_enclave_create(200).expect("reclaims as it goes");
+    assert!(dev.reclaim_stats().written_back > 100);
+    let owners = dev.host_page_owners();
+    let mut pages: Vec<u32> = owners.iter().map(|&(p, _)| p.0).collect();
+    pages.sort_unstable();
+    pages.dedup();
+    assert_eq!(pages.len(), owners.len(), "each page once");
+    assert_eq!(dev.host_pages(), owners.len() as u64);
+    dev.host_enclave_release(id);
+    assert_eq!(dev.stats().free, 64);
+    dev.check().expect("consistent");
+}

@@ -103,6 +103,26 @@ impl PageMap {
         )
     }
 
+    /// How many indices of `start..start + count` have no page.
+    pub(crate) fn empty_in(&self, start: u64, count: u64) -> u64 {
+        let end = start.saturating_add(count);
+        let mut index = start;
+        let mut empty = 0;
+        while index < end {
+            let (key, first_slot) = split(index);
+            let slots = (CHUNK - first_slot).min((end - index) as usize);
+            empty += match self.chunk(key) {
+                Some(chunk) => chunk[first_slot..first_slot + slots]
+                    .iter()
+                    .filter(|s| s.load(Ordering::Relaxed) == 0)
+                    .count() as u64,
+                None => slots as u64,
+            };
+            index += slots as u64;
+        }
+        empty
+    }
+
     /// Pages present.
     pub(crate) fn len(&self) -> u64 {
         self.present.load(Ordering::Relaxed)
@@ -178,6 +198,19 @@ impl PageMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_in_counts_the_holes_of_a_range_across_chunks() {
+        let m = PageMap::default();
+        assert_eq!(m.empty_in(100, 2000), 2000);
+        m.insert(511, EpcPage(1));
+        m.insert(512, EpcPage(2));
+        m.insert(5000, EpcPage(3));
+        assert_eq!(m.empty_in(0, 1024), 1022);
+        assert_eq!(m.empty_in(511, 2), 0);
+        assert_eq!(m.empty_in(4999, 3), 2);
+        assert_eq!(m.empty_in(u64::MAX - 1, 10), 1);
+    }
     use std::ops::ControlFlow;
 
     #[test]

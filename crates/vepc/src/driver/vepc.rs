@@ -6,7 +6,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::page_map::PageMap;
-use super::reclaim::AllocError;
+use super::reclaim::{AllocError, Allocator};
 use super::vfs::{Caller, Vfs, do_vfs_ioctl};
 use super::{Device, WarnSite};
 use crate::abi::{EnclsError, Errno, FaultError, PAGE_SIZE, SGX_IOC_VEPC_REMOVE_ALL, Signal};
@@ -15,6 +15,10 @@ use crate::sync::Mutex;
 
 /// How many freed pages release hands back to the pools at once.
 const FREE_BATCH: usize = 4096;
+
+/// Most indices `populate` takes under one hold of the reclaimer's lock, so that
+/// another vCPU's faults come in between: about 340 ksgxd cycles.
+const POPULATE_RUN: u64 = 1 << 14;
 
 /// One instance of `/dev/sgx_vepc`: which EPC page backs which page index.
 #[derive(Debug)]
@@ -112,24 +116,34 @@ impl Vepc {
             return Ok(p);
         }
         let _guard = crate::sync::lock(&self.fault_lock);
+        self.fault_locked(index, &mut self.device.allocator())
+    }
+
+    /// [`fault`](Self::fault) with `vepc->lock` held, allocating through `a`.
+    fn fault_locked(&self, index: u64, a: &mut Allocator<'_>) -> Result<EpcPage, FaultError> {
         if let Some(p) = self.pages.get(index) {
             return Ok(p);
         }
-        let p = loop {
-            match self.device.alloc_epc_page(self.node, false) {
-                Ok(p) => break p,
+        let p = self.alloc_for_fault(a)?;
+        self.pages.insert(index, p);
+        Ok(p)
+    }
+
+    /// The page a fault gets: `sgx_alloc_epc_page(vepc, false)` until it gives one.
+    fn alloc_for_fault(&self, a: &mut Allocator<'_>) -> Result<EpcPage, FaultError> {
+        loop {
+            match a.alloc(self.node, false) {
+                Ok(p) => return Ok(p),
                 Err(AllocError::NoMemory) => return Err(Signal::Sigbus.into()),
                 // VM_FAULT_RETRY: the access comes back once ksgxd, if the allocation
                 // woke it, has written pages back; if it did not, nothing changes.
                 Err(AllocError::Busy) => {
-                    if !self.device.wait_for_ksgxd() {
+                    if !a.wait_for_ksgxd() {
                         return Err(FaultError::Hang);
                     }
                 }
             }
-        };
-        self.pages.insert(index, p);
-        Ok(p)
+        }
     }
 
     /// Faults in every index of `start..start + count` in order, as `MAP_POPULATE` or
@@ -137,40 +151,70 @@ impl Vepc {
     /// [`fault`](Self::fault) calls, taken from the pools in batches. Stops with
     /// `SIGBUS` at the first index no free EPC page is left for.
     ///
-    /// With host enclave pages to reclaim, a run of faults that leaves at least
-    /// `SGX_NR_LOW_PAGES` free wakes nobody and takes only free pages, so it is still
-    /// taken in a batch; past the watermark, each index goes through
-    /// [`fault`](Self::fault), ksgxd and all.
+    /// With host enclave pages to reclaim, the faults are taken in runs: a run's
+    /// pages are allocated under one hold of the reclaimer's lock, as many as leave
+    /// at least `SGX_NR_LOW_PAGES` free in a batch that wakes nobody and the next one
+    /// through [`fault`](Self::fault)'s path, ksgxd and all. So two threads that
+    /// populate at once get the answers of some serial order of their faults.
     pub fn populate(&self, start: u64, count: u64) -> Result<(), FaultError> {
         let end = start.saturating_add(count);
         let mut at = start;
         while at < end {
             if !self.device.has_reclaimable() {
+                let _guard = crate::sync::lock(&self.fault_lock);
                 return self
                     .take_free(at, end - at)
                     .map_err(|_| FaultError::Signal(Signal::Sigbus));
             }
-            let quiet = self.device.quiet_pages();
-            if quiet == 0 {
-                self.fault(at)?;
-                at += 1;
-                continue;
-            }
-            let n = quiet.min(end - at);
-            // Another thread may have taken pages meanwhile: go on fault by fault
-            // from the first index left empty.
-            at = match self.take_free(at, n) {
-                Ok(()) => at + n,
-                Err(empty) => empty,
-            };
+            at = self.populate_run(at, end)?;
         }
         Ok(())
     }
 
+    /// Up to [`POPULATE_RUN`] indices of `at..end`: their pages are allocated under
+    /// one hold of the reclaimer's lock, in the order faults one by one would take
+    /// them, and given to the indices after it is let go, so that the other vCPUs'
+    /// faults wait for the allocations only. Where it stopped.
+    fn populate_run(&self, at: u64, end: u64) -> Result<u64, FaultError> {
+        let _guard = crate::sync::lock(&self.fault_lock);
+        let stop = end.min(at.saturating_add(POPULATE_RUN));
+        let want = self.pages.empty_in(at, stop - at) as usize;
+        let mut pages = Vec::with_capacity(want);
+        let mut failed = None;
+        let mut a = self.device.allocator();
+        while pages.len() < want && a.has_reclaimable() {
+            // So many faults wake nobody: their pages in one batch.
+            let quiet = a.quiet_pages().min((want - pages.len()) as u64);
+            let before = pages.len();
+            if quiet > 0 {
+                self.device
+                    .epc()
+                    .alloc_pages_near(self.node, quiet as usize, &mut pages);
+            }
+            // The next fault, ksgxd and all.
+            if pages.len() == before {
+                match self.alloc_for_fault(&mut a) {
+                    Ok(p) => pages.push(p),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        drop(a);
+        let mut given = pages.iter().copied();
+        let stopped = match self.pages.fill(at, stop - at, || given.next()) {
+            Ok(()) => stop,
+            Err(empty) => empty,
+        };
+        failed.map_or(Ok(stopped), Err)
+    }
+
     /// Gives the empty indices of `start..start + count` free pages, in order, in
     /// batches; `Err` with the first index left empty when the free pages run out.
+    /// The caller holds `vepc->lock`.
     fn take_free(&self, start: u64, count: u64) -> Result<(), u64> {
-        let _guard = crate::sync::lock(&self.fault_lock);
         let epc = self.device.epc();
         let mut batch: Vec<EpcPage> = Vec::with_capacity(4096);
         let mut at = 0;

@@ -6,6 +6,7 @@
 
 use super::epc::Epc;
 use super::epcm::{Entry, EpcPage, MAX_THREADS, PageType};
+use super::eremove::Sweep;
 use crate::abi::EnclsError;
 
 /// The page types EADD can create.
@@ -35,15 +36,7 @@ impl Epc {
     /// `SGX_CHILD_PRESENT` for a SECS that still has children, `SGX_NOT_TRACKED` for a
     /// child of an enclave a thread is inside, `#GP` on a conflict.
     pub fn ewb(&self, page: EpcPage) -> Result<(), EnclsError> {
-        let e = self.entry(page);
-        if !e.valid() || e.is(PageType::Va) {
-            return Err(EnclsError::PF);
-        }
-        if e.is_child() && self.entry(e.owner()).threads() > 0 {
-            return Err(EnclsError::Code(crate::abi::SgxCode::NotTracked));
-        }
-        // Without a thread inside, EWB changes the EPCM as EREMOVE does.
-        self.eremove(page)
+        Sweep::new(self).ewb(page)
     }
 
     /// ECREATE: `page` becomes the SECS of a new, uninitialized enclave.

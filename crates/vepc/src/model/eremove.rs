@@ -87,6 +87,27 @@ impl<'e> Sweep<'e> {
         self.eremove_one(page)
     }
 
+    /// EWB on `page` ([`Epc::ewb`]), the next in this run: the reclaimer writes a
+    /// scan's pages back one after another, and siblings go under one hold of their
+    /// SECS as EREMOVE's do.
+    pub fn ewb(&mut self, page: EpcPage) -> Result<(), EnclsError> {
+        let e = self.epc.entry(page);
+        if !e.valid() || e.is(PageType::Va) {
+            return Err(EnclsError::PF);
+        }
+        // A held SECS's word keeps its thread count while it is locked.
+        if e.is_child() && self.epc.entry(e.owner()).threads() > 0 {
+            return Err(EnclsError::Code(crate::abi::SgxCode::NotTracked));
+        }
+        // Without a thread inside, EWB changes the EPCM as EREMOVE does.
+        self.eremove(page)
+    }
+
+    /// Lets go of the SECS held, if any, so that its child count can be read.
+    pub fn finish(&mut self) {
+        self.let_go();
+    }
+
     /// Unlocks the held SECS, if any, writing back its child count.
     fn let_go(&mut self) {
         if let Some(h) = self.held.take() {
