@@ -172,12 +172,23 @@ impl PageMap {
         let mut present = 0;
         map.retain(|&key, chunk| {
             let mut left = 0;
+            let mut gone = [0u64; CHUNK / 64];
             for (slot, raw) in chunk.iter().enumerate() {
                 if let Some(page) = decode(raw.load(Ordering::Relaxed)) {
                     if keep((key << CHUNK_SHIFT) | slot as u64, page) {
                         left += 1;
                     } else {
-                        raw.store(0, Ordering::Relaxed);
+                        gone[slot / 64] |= 1 << (slot % 64);
+                    }
+                }
+            }
+            // A chunk left empty is dropped as it is: clearing it first would be a
+            // write to every slot of memory about to be freed.
+            if left > 0 {
+                for (w, mut bits) in gone.into_iter().enumerate() {
+                    while bits != 0 {
+                        chunk[w * 64 + bits.trailing_zeros() as usize].store(0, Ordering::Relaxed);
+                        bits &= bits - 1;
                     }
                 }
             }

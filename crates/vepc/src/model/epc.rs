@@ -349,11 +349,11 @@ impl Epc {
                 .iter()
                 .take_while(|p| p.0 >= s.first && p.0 < end)
                 .count();
-            let mut pool = self.pool_mut(s);
-            for &p in &rest[..run] {
-                debug_assert!(!self.entry(p).valid(), "freeing a valid EPC page {p:?}");
-                pool.release(p);
-            }
+            debug_assert!(
+                rest[..run].iter().all(|&p| !self.entry(p).valid()),
+                "freeing a valid EPC page"
+            );
+            self.pool_mut(s).release_batch(&rest[..run]);
             rest = &rest[run..];
         }
     }

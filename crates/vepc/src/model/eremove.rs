@@ -83,6 +83,13 @@ impl<'e> Sweep<'e> {
                 return Ok(());
             }
             self.let_go();
+        } else {
+            // Rules 2 and 3 for the page most often met by a second walk (release
+            // after a reset): already uninitialized, nothing to do, no call made.
+            let e = self.epc.entry(page);
+            if !e.valid() && !e.in_use() {
+                return Ok(());
+            }
         }
         self.eremove_one(page)
     }

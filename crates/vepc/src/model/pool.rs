@@ -127,6 +127,39 @@ impl FreePool {
         self.free += 1;
     }
 
+    /// [`release`](Self::release) of each page of `pages`, all of this section: the
+    /// bits of one bitmap word set at once.
+    pub(crate) fn release_batch(&mut self, pages: &[EpcPage]) {
+        if !self.poisoned.is_empty() {
+            pages.iter().for_each(|&p| self.release(p));
+            return;
+        }
+        let mut word = usize::MAX;
+        let mut bits = 0u64;
+        for p in pages {
+            let i = (p.0 - self.first) as usize;
+            if i / 64 != word {
+                self.set_free(word, bits);
+                (word, bits) = (i / 64, 0);
+            }
+            debug_assert!(
+                bits & (1 << (i % 64)) == 0,
+                "double free of EPC page {}",
+                p.0
+            );
+            bits |= 1 << (i % 64);
+        }
+        self.set_free(word, bits);
+    }
+
+    fn set_free(&mut self, word: usize, bits: u64) {
+        if let Some(w) = self.words.get_mut(word) {
+            debug_assert!(*w & bits == 0, "double free in bitmap word {word}");
+            *w |= bits;
+            self.free += bits.count_ones();
+        }
+    }
+
     /// Sets `page->poison`: a free page leaves the free pages for the poison list.
     pub(crate) fn poison(&mut self, p: EpcPage) -> Poisoning {
         if !self.poisoned.insert(p.0) {
