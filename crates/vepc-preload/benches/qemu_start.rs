@@ -151,6 +151,23 @@ fn mib(s: &str) -> Option<u64> {
 }
 
 fn main() {
+    // Without QEMU or KVM there is nothing to measure: say so in one line.
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    if !qemu.is_ok_and(|o| o.status.success()) {
+        println!(
+            "qemu_start: skipped: qemu-system-x86_64 does not run here (apt-get install qemu-system-x86)"
+        );
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("qemu_start: skipped: /dev/kvm cannot be opened");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
