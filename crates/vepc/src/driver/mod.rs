@@ -75,6 +75,16 @@ impl std::fmt::Display for Stats {
 }
 
 /// The `/dev/sgx_vepc` device: the EPC, every live instance, and the zombie list.
+///
+/// Lock order, outermost first; a thread that holds one takes only locks below it:
+/// 1. an instance's `fault_lock` (`vepc->lock`), one instance's at a time;
+/// 2. `svn` (`sgx_svn_lock`), then `zombies` (`zombie_secs_pages_lock`), or else
+///    `reclaim` (`sgx_reclaimer_lock`): never held together with the first two;
+/// 3. leaf locks, held for their own work only: a section's free pool, `Epc::bad`,
+///    an instance's page-map lock, `live`, `warnings`.
+///
+/// EPCM page locks are only ever tried (docs/model.md), so they take no place here.
+/// The emulated device's own locks are all taken before any of these.
 #[derive(Debug)]
 pub struct Device {
     epc: Epc,
