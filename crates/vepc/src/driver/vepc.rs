@@ -175,6 +175,11 @@ impl Vepc {
     /// one hold of the reclaimer's lock, in the order faults one by one would take
     /// them, and given to the indices after it is let go, so that the other vCPUs'
     /// faults wait for the allocations only. Where it stopped.
+    ///
+    /// A REMOVE_ALL walking this instance meanwhile (it takes no `vepc->lock`) sees
+    /// the indices given so far, as in the kernel it misses a fault that has its
+    /// page from `sgx_alloc_epc_page` and has not yet stored it with `xa_store`; the
+    /// window is a run long instead of one page.
     fn populate_run(&self, at: u64, end: u64) -> Result<u64, FaultError> {
         let _guard = crate::sync::lock(&self.fault_lock);
         let stop = end.min(at.saturating_add(POPULATE_RUN));
