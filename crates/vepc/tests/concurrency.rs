@@ -2,7 +2,7 @@
 //! shuttle's (`--features shuttle`), and each test runs 1,000 random and 1,000 PCT
 //! schedules.
 //!
-//! `cargo test -p vepc --features shuttle --test concurrency`
+//! `cargo test --profile explore -p vepc --features shuttle --test concurrency`
 //!
 //! Each test asserts that nothing panics or deadlocks, that every answer is one the
 //! kernel could give, that nothing leaks, and that serial retries afterwards reach a

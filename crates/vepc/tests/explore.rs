@@ -5,7 +5,7 @@
 //! across one. The DFS ends when no schedule is left, so each count is over all of
 //! them.
 //!
-//! `cargo test --release -p vepc --features explore --test explore -- --nocapture`
+//! `cargo test --profile explore -p vepc --features explore --test explore -- --nocapture`
 //!
 //! The counts are asserted exactly: a change in the driver or in the points shows up
 //! as a changed number to explain.

@@ -6,7 +6,7 @@
 //! over these scopes did not finish in two hours. `tests/explore.rs` enumerates every
 //! interleaving under the `explore` build, whose points are the kernel's own.
 //!
-//! `cargo test --release -p vepc --features shuttle --test zombie_race -- --nocapture`
+//! `cargo test --profile explore -p vepc --features shuttle --test zombie_race -- --nocapture`
 //!
 //! The scope is `race`'s. Each count is asserted, so a change in the model's schedule
 //! points or in the driver shows up here as a changed number to explain.
