@@ -368,7 +368,17 @@ fn reset_guest(guest: &mut [ModelSection], args: &Args, populated: u64) -> Resul
         Some(eremoves),
         args.eremove_ns,
     );
-    let valid: u64 = guest.iter().map(|g| g.file.vepc().valid_pages()).sum();
+    // The check reads every page's EPCM entry: a thread per section, as fault-in.
+    let valid: u64 = std::thread::scope(|s| {
+        let counts: Vec<_> = guest
+            .iter()
+            .map(|g| s.spawn(|| g.file.vepc().valid_pages()))
+            .collect();
+        counts
+            .into_iter()
+            .map(|c| c.join().map_err(|_| "reset: the check of a section failed"))
+            .sum::<Result<u64, _>>()
+    })?;
     if valid != 0 {
         return Err(format!("{valid} pages still valid after the reset"));
     }
