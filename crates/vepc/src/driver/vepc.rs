@@ -297,7 +297,11 @@ impl Drop for Vepc {
 
         // Pass 1: every page EREMOVE accepts goes back to the free pool. SECS pages
         // fail here while their children are still to come in index order.
-        let mut freed = Vec::with_capacity(FREE_BATCH);
+        // Freed pages are gathered as runs of pages in a row, which is how a guest's
+        // pages mostly lie, and go back to the pools a bitmap word at a time, no
+        // more than FREE_BATCH pages later than the kernel frees each.
+        let mut freed: Vec<(EpcPage, u32)> = Vec::with_capacity(FREE_BATCH);
+        let mut pending = 0;
         let mut sweep = Sweep::new(epc);
         self.pages.retain(|_, page| {
             let result = sweep.eremove(page);
@@ -306,16 +310,23 @@ impl Drop for Vepc {
             }
             let removed = result.is_ok();
             if removed {
-                freed.push(page);
-                if freed.len() == FREE_BATCH {
-                    epc.free_pages_batch(&freed);
+                match freed.last_mut() {
+                    Some((first, len)) if first.0.checked_add(*len) == Some(page.0) => {
+                        *len += 1;
+                    }
+                    _ => freed.push((page, 1)),
+                }
+                pending += 1;
+                if pending == FREE_BATCH {
+                    epc.free_page_runs(&freed);
                     freed.clear();
+                    pending = 0;
                 }
             }
             !removed
         });
         drop(sweep);
-        epc.free_pages_batch(&freed);
+        epc.free_page_runs(&freed);
 
         // Pass 2: try the rest again (SECS pages whose children were all in this
         // instance go now); whatever still fails has children in another instance.

@@ -358,6 +358,28 @@ impl Epc {
         }
     }
 
+    /// Returns runs of uninitialized pages, `(first, pages)` each, to their pools:
+    /// [`free_pages_batch`](Self::free_pages_batch) for pages in a row, a bitmap
+    /// word at a time.
+    pub fn free_page_runs(&self, runs: &[(EpcPage, u32)]) {
+        for &(first, len) in runs {
+            let mut at = first.0;
+            let end = first.0.saturating_add(len);
+            while at < end {
+                let Some(s) = self.section_of(EpcPage(at)) else {
+                    break;
+                };
+                let n = (s.first + s.pages).min(end) - at;
+                debug_assert!(
+                    (at..at + n).all(|p| !self.entry(EpcPage(p)).valid()),
+                    "freeing a valid EPC page"
+                );
+                self.pool_mut(s).release_run(EpcPage(at), n);
+                at += n;
+            }
+        }
+    }
+
     /// Returns a page to its section's pool. The page must be uninitialized: the
     /// kernel frees an EPC page only after EREMOVE succeeded on it.
     pub fn free_page(&self, p: EpcPage) {

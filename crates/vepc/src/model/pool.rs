@@ -160,6 +160,28 @@ impl FreePool {
         self.set_free(word, bits);
     }
 
+    /// [`release`](Self::release) of the `len` pages from `first` on, all of this
+    /// section: whole bitmap words at once.
+    pub(crate) fn release_run(&mut self, first: EpcPage, len: u32) {
+        if !self.poisoned.is_empty() {
+            (first.0..first.0 + len).for_each(|p| self.release(EpcPage(p)));
+            return;
+        }
+        let mut i = (first.0 - self.first) as usize;
+        let end = i + len as usize;
+        while i < end {
+            let (word, bit) = (i / 64, i % 64);
+            let n = (64 - bit).min(end - i);
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            self.set_free(word, mask);
+            i += n;
+        }
+    }
+
     fn set_free(&mut self, word: usize, bits: u64) {
         if let Some(w) = self.words.get_mut(word) {
             debug_assert!(*w & bits == 0, "double free in bitmap word {word}");
@@ -281,5 +303,18 @@ mod tests {
         batch.release_batch(&back);
         assert_eq!(batch.words, one.words);
         assert_eq!(batch.free_count(), one.free_count());
+    }
+
+    #[test]
+    fn a_run_released_is_a_release_of_each_page() {
+        for (from, len) in [(40, 1), (45, 100), (100, 64), (103, 900), (1039, 1)] {
+            let (mut one, mut run) = (FreePool::new(40, 1000), FreePool::new(40, 1000));
+            while one.alloc().is_some() {}
+            while run.alloc().is_some() {}
+            (from..from + len).for_each(|p| one.release(EpcPage(p)));
+            run.release_run(EpcPage(from), len);
+            assert_eq!(run.words, one.words, "{len} pages from {from}");
+            assert_eq!(run.free_count(), one.free_count());
+        }
     }
 }
