@@ -306,8 +306,7 @@ impl Device {
         // Freed together, one pool lock for the chunk: nothing looks at the free
         // count until the chunk is done (ksgxd checks its watermark between chunks).
         self.epc.free_pages_batch(&freed);
-        self.reclaimable
-            .store(r.active.len() as u64, Ordering::Release);
+        self.publish_reclaimable(r);
         (r.chunk, r.freed, r.owners) = (chunk, freed, owners);
     }
 
@@ -335,6 +334,13 @@ impl Device {
             }
             Err(e) => self.warn(format!("EWB of EPC page {} failed: {e}", page.0)),
         }
+    }
+
+    /// Publishes the active list's length for [`has_reclaimable`](Self::has_reclaimable),
+    /// which reads it without the lock; called under it after every change.
+    fn publish_reclaimable(&self, r: &Reclaimer) {
+        self.reclaimable
+            .store(r.active.len() as u64, Ordering::Release);
     }
 
     /// Whether host enclave pages are on the active list: a vEPC fault may then have
@@ -438,8 +444,7 @@ impl Device {
                 e.added.push(page);
             }
             r.active.push(page, self.epc.pages());
-            self.reclaimable
-                .store(r.active.len() as u64, Ordering::Release);
+            self.publish_reclaimable(&r);
         }
         self.host_leaf(self.epc.einit(secs), "EINIT")?;
         self.with_enclave(id, |e| e.initialized = true);
@@ -502,8 +507,7 @@ impl Device {
                 Err(e) => self.warn(format!("EREMOVE of host EPC page {} failed: {e}", page.0)),
             }
         }
-        self.reclaimable
-            .store(r.active.len() as u64, Ordering::Release);
+        self.publish_reclaimable(&r);
         drop(r);
         self.dec_usage();
     }
@@ -515,8 +519,7 @@ impl Device {
         if !r.active.remove(page) {
             return false;
         }
-        self.reclaimable
-            .store(r.active.len() as u64, Ordering::Release);
+        self.publish_reclaimable(&r);
         true
     }
 }

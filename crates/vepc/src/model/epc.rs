@@ -335,48 +335,43 @@ impl Epc {
         }
     }
 
-    /// Returns uninitialized pages to their pools, one lock per run of pages in the
-    /// same section.
+    /// Returns uninitialized pages to their pools, a run of pages in a row at a time
+    /// ([`free_page_runs`](Self::free_page_runs)).
     pub fn free_pages_batch(&self, pages: &[EpcPage]) {
         let mut rest = pages;
         while let Some(&first) = rest.first() {
-            let Some(s) = self.section_of(first) else {
-                rest = &rest[1..];
-                continue;
-            };
-            let end = s.first + s.pages;
-            let run = rest
+            let len = rest
                 .iter()
-                .take_while(|p| p.0 >= s.first && p.0 < end)
+                .zip(first.0..)
+                .take_while(|&(p, n)| p.0 == n)
                 .count();
-            debug_assert!(
-                rest[..run].iter().all(|&p| !self.entry(p).valid()),
-                "freeing a valid EPC page"
-            );
-            self.pool_mut(s).release_batch(&rest[..run]);
-            rest = &rest[run..];
+            self.free_run(first, len as u32);
+            rest = &rest[len..];
         }
     }
 
     /// Returns runs of uninitialized pages, `(first, pages)` each, to their pools:
-    /// [`free_pages_batch`](Self::free_pages_batch) for pages in a row, a bitmap
-    /// word at a time.
+    /// one lock per section a run lies in, a bitmap word at a time.
     pub fn free_page_runs(&self, runs: &[(EpcPage, u32)]) {
         for &(first, len) in runs {
-            let mut at = first.0;
-            let end = first.0.saturating_add(len);
-            while at < end {
-                let Some(s) = self.section_of(EpcPage(at)) else {
-                    break;
-                };
-                let n = (s.first + s.pages).min(end) - at;
-                debug_assert!(
-                    (at..at + n).all(|p| !self.entry(EpcPage(p)).valid()),
-                    "freeing a valid EPC page"
-                );
-                self.pool_mut(s).release_run(EpcPage(at), n);
-                at += n;
-            }
+            self.free_run(first, len);
+        }
+    }
+
+    fn free_run(&self, first: EpcPage, len: u32) {
+        let mut at = first.0;
+        let end = first.0.saturating_add(len);
+        while at < end {
+            let Some(s) = self.section_of(EpcPage(at)) else {
+                break;
+            };
+            let n = (s.first + s.pages).min(end) - at;
+            debug_assert!(
+                (at..at + n).all(|p| !self.entry(EpcPage(p)).valid()),
+                "freeing a valid EPC page"
+            );
+            self.pool_mut(s).release_run(EpcPage(at), n);
+            at += n;
         }
     }
 
@@ -629,6 +624,34 @@ fn machine_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_pages_freed_is_a_free_of_each_page() {
+        let (one, batch) = (epc_of(2), epc_of(2));
+        let mut pages = Vec::new();
+        one.alloc_pages(1000, &mut pages);
+        batch.alloc_pages(1000, &mut Vec::new());
+        // Scattered pages, runs of pages in a row, and a run across two sections.
+        let back: Vec<EpcPage> = pages
+            .iter()
+            .copied()
+            .filter(|p| p.0 % 3 != 0 || (500..530).contains(&p.0))
+            .collect();
+        back.iter().for_each(|&p| one.free_page(p));
+        batch.free_pages_batch(&back);
+        assert_eq!(batch.free_pages(), one.free_pages());
+        for p in 0..1024 {
+            assert_eq!(
+                batch.is_free(EpcPage(p)),
+                one.is_free(EpcPage(p)),
+                "page {p}"
+            );
+        }
+    }
+
+    fn epc_of(sections: usize) -> Epc {
+        Epc::new(&vec![512 * 4096; sections]).expect("valid EPC")
+    }
 
     #[test]
     fn sizes_are_checked() {

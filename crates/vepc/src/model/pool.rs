@@ -135,31 +135,6 @@ impl FreePool {
         self.free += 1;
     }
 
-    /// [`release`](Self::release) of each page of `pages`, all of this section: the
-    /// bits of one bitmap word set at once.
-    pub(crate) fn release_batch(&mut self, pages: &[EpcPage]) {
-        if !self.poisoned.is_empty() {
-            pages.iter().for_each(|&p| self.release(p));
-            return;
-        }
-        let mut word = usize::MAX;
-        let mut bits = 0u64;
-        for p in pages {
-            let i = (p.0 - self.first) as usize;
-            if i / 64 != word {
-                self.set_free(word, bits);
-                (word, bits) = (i / 64, 0);
-            }
-            debug_assert!(
-                bits & (1 << (i % 64)) == 0,
-                "double free of EPC page {}",
-                p.0
-            );
-            bits |= 1 << (i % 64);
-        }
-        self.set_free(word, bits);
-    }
-
     /// [`release`](Self::release) of the `len` pages from `first` on, all of this
     /// section: whole bitmap words at once.
     pub(crate) fn release_run(&mut self, first: EpcPage, len: u32) {
@@ -290,19 +265,6 @@ mod tests {
             // And the next page after it too: the cursor ended in the same place.
             assert_eq!(batch.alloc(), one.alloc(), "{want} pages");
         }
-    }
-
-    #[test]
-    fn a_batch_release_is_a_release_of_each_page() {
-        let (mut one, mut batch) = (holed(), holed());
-        let mut pages = Vec::new();
-        one.alloc_batch(700, &mut pages);
-        batch.alloc_batch(700, &mut Vec::new());
-        let back: Vec<EpcPage> = pages.iter().copied().step_by(2).collect();
-        back.iter().for_each(|&p| one.release(p));
-        batch.release_batch(&back);
-        assert_eq!(batch.words, one.words);
-        assert_eq!(batch.free_count(), one.free_count());
     }
 
     #[test]
